@@ -1,0 +1,402 @@
+"""The `tfcompress` command: convert, inspect, bench, micro, edgetpu, demo.
+
+Bad input gives one error line on stderr and a non-zero exit (no traceback
+unless ``--verbose``): 1 for bad input or a failed check, 2 for a usage error
+or a delegate that does not load. TensorFlow is imported only by the commands
+that need it, so ``inspect`` and ``--help`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _progress(args, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"tfcompress: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _native_stderr_captured(verbose: bool) -> Iterator[None]:
+    """Hide what TensorFlow's C++ code prints to fd 2 (converter chatter) unless --verbose."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _print_json(payload) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_convert(args) -> int:
+    from tfcompress.errors import CalibrationDataError, TfcompressError
+    from tfcompress.export.calibration import load_calibration_file
+    from tfcompress.export.convert import load_keras_model, to_tflite, uses_fake_quant
+
+    quantization = {"int8": "int8", "float16": "float16", "dynamic": "dynamic", "float32": None}[args.mode]
+    output = Path(args.output)
+    if output.suffix != ".tflite":
+        raise TfcompressError("output file must end in .tflite", str(output), "e.g. -o model.tflite")
+    # Read the calibration file before the model: a bad file fails fast.
+    calibration = load_calibration_file(args.calibration, args.samples) if args.calibration else None
+    _progress(args, f"loading {args.model}")
+    with _native_stderr_captured(args.verbose):
+        model = load_keras_model(args.model)
+    if quantization == "int8" and calibration is None and not uses_fake_quant(model):
+        # A QAT model carries its learned ranges; anything else needs calibration inputs.
+        raise CalibrationDataError(
+            "--int8 needs calibration inputs",
+            "--calibration",
+            "pass --calibration calib.npz (numpy.savez('calib.npz', x=train_inputs[:500]))",
+        )
+    _progress(args, f"converting to {args.mode} TFLite")
+    with _native_stderr_captured(args.verbose):
+        report = to_tflite(
+            model,
+            output,
+            quantization,
+            representative_data=calibration,
+            io_dtype=args.io_dtype,
+            allow_float_fallback=args.allow_float_fallback,
+            batch_size=None if args.dynamic_batch else 1,
+            calibration_samples=args.samples or 500,
+        )
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.text())
+    return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    from tfcompress.export.tflite_file import load_tflite
+
+    model = load_tflite(args.model)
+    summary = model.summary()
+    readiness = None
+    try:
+        from tfcompress.export.edgetpu import edgetpu_report
+
+        readiness = edgetpu_report(model.data, compiler="off")
+    except ImportError:  # pragma: no cover - module always shipped
+        readiness = None
+    if args.json:
+        if readiness is not None:
+            summary["edgetpu"] = readiness.to_dict()
+        summary["tensors"] = [
+            {
+                "index": t.index,
+                "name": t.name,
+                "dtype": t.dtype.lower(),
+                "shape": list(t.shape),
+                "constant": t.constant,
+                "scales": list(t.quantization.scales[:8]) if t.quantization else [],
+                "per_channel": bool(t.quantization and t.quantization.per_channel),
+            }
+            for t in model.tensors[0]
+        ]
+        _print_json(summary)
+        return EXIT_OK
+    print(f"{args.model}")
+    print(f"  size           {model.size_bytes:,} bytes (gzip {model.gzip_size_bytes:,})")
+    print(f"  ops            {len(model.ops)}: " + ", ".join(f"{k} x{v}" for k, v in sorted(model.op_counts().items())))
+    print(f"  int8 coverage  {model.int8_coverage():.1%}")
+    if summary["float_ops"]:
+        print(f"  float ops      {', '.join(summary['float_ops'])}")
+    stats = model.weight_stats()
+    if stats["weight_elements"]:
+        print(
+            f"  weights        {stats['weight_elements']:,} values, {stats['weight_bytes']:,} bytes, "
+            f"{stats['weight_zeros'] / stats['weight_elements']:.1%} zeros"
+        )
+    print("  ops and tensors:")
+    for op in model.ops:
+        outs = [model.tensor(i, op.subgraph) for i in op.outputs if i >= 0]
+        ins = [model.tensor(i, op.subgraph) for i in op.inputs if i >= 0]
+        print(f"    #{op.index:<3} {op.name:<22} " + " ".join(_tensor_brief(t) for t in ins) + " -> " + " ".join(_tensor_brief(t) for t in outs))
+    for kind, tensors in (("input", model.inputs), ("output", model.outputs)):
+        for t in tensors:
+            print(f"  {kind:<6} {t.name}: {_tensor_brief(t, full=True)}")
+    if readiness is not None:
+        print(f"  edge tpu       {readiness.one_line()}")
+    return EXIT_OK
+
+
+def _tensor_brief(t, full: bool = False) -> str:
+    shape = "x".join(str(d) for d in t.shape) or "scalar"
+    text = f"{t.dtype.lower()}[{shape}]"
+    q = t.quantization
+    if q is not None:
+        if q.per_channel:
+            text += f"(per-channel x{len(q.scales)})"
+        elif full:
+            text += f"(scale={q.scales[0]:.6g}, zero_point={q.zero_points[0]})"
+        else:
+            text += "(q)"
+    if t.constant and not full:
+        text = "const:" + text
+    return text
+
+
+def cmd_bench(args) -> int:
+    from tfcompress.export.bench import benchmark
+
+    interactive = sys.stderr.isatty() and not args.quiet
+
+    def progress(done: int, total: int) -> None:
+        if interactive and (done == total or done % max(1, total // 20) == 0):
+            print(f"\rtfcompress: benchmarking {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    _progress(args, f"benchmarking {len(args.models)} model(s): {args.warmup} warm-up + {args.runs} runs each, interleaved")
+    report = benchmark(
+        args.models,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        delegate=args.delegate,
+        runtime=args.runtime,
+        progress=progress,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.text())
+    return EXIT_OK
+
+
+def cmd_micro(args) -> int:
+    from tfcompress.export.micro import to_micro
+
+    _progress(args, f"writing TFLite Micro sources to {args.output} and verifying on the TFLM interpreter")
+    with _native_stderr_captured(args.verbose):
+        report = to_micro(args.model, args.output, name=args.name, num_samples=args.samples)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.text())
+    return EXIT_OK if report.identical else EXIT_FAILED
+
+
+def cmd_edgetpu(args) -> int:
+    from tfcompress.export.edgetpu import edgetpu_report
+
+    report = edgetpu_report(args.model, compiler="off" if args.static else "auto")
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.text())
+    return EXIT_OK if report.ready else EXIT_FAILED
+
+
+def cmd_demo(args) -> int:
+    from tfcompress.demo import run_demo
+
+    with _native_stderr_captured(args.verbose):
+        result = run_demo(
+            out_dir=args.output,
+            dataset=args.dataset,
+            epochs=args.epochs,
+            runs=args.runs,
+            log=lambda message: _progress(args, message),
+        )
+    if args.json:
+        _print_json(result)
+    return EXIT_OK if result.get("passed", False) else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfcompress",
+        description="Compress Keras 3 models and export verified int8 TFLite for LiteRT, TFLite Micro and Edge TPU.",
+        formatter_class=_Formatter,
+        epilog="example:\n  tfcompress convert model.keras -o model.tflite --int8 --calibration calib.npz\n"
+        "  tfcompress inspect model.tflite\n  tfcompress bench model.tflite float.tflite --runs 500",
+    )
+    from tfcompress import __version__
+
+    parser.add_argument("--version", action="version", version=f"tfcompress {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="show tracebacks and TensorFlow's own messages")
+    common.add_argument("--quiet", action="store_true", help="no progress messages")
+    common.add_argument("--json", action="store_true", help="print the report as JSON")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "convert",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="convert a .keras model to .tflite",
+        description="Convert a Keras 3 .keras model to TFLite. --int8 is full-integer: every op int8, "
+        "per-channel weights; the command fails naming any op left in float.",
+        epilog="example:\n  python -c \"import numpy as np; np.savez('calib.npz', x=x_train[:500])\"\n"
+        "  tfcompress convert model.keras -o model.tflite --int8 --calibration calib.npz --samples 300",
+    )
+    p.add_argument("model", help="the .keras file")
+    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    mode = p.add_mutually_exclusive_group()
+    for name, text in (
+        ("int8", "full-integer int8 (needs --calibration unless the model is QAT)"),
+        ("float16", "float16 weights"),
+        ("dynamic", "dynamic-range: int8 weights, float activations"),
+        ("float32", "no quantization"),
+    ):
+        mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=text)
+    p.set_defaults(mode="int8")
+    p.add_argument("--calibration", help=".npz (key 'x', else all arrays in order) or .npy of model inputs")
+    p.add_argument("--samples", type=_positive_int, default=None, help="use at most N calibration samples (default 500)")
+    p.add_argument("--io-dtype", choices=("int8", "uint8", "float32"), default=None, help="I/O type of an int8 model (default int8)")
+    p.add_argument("--allow-float-fallback", action="store_true", help="accept ops left in float with --int8")
+    p.add_argument("--dynamic-batch", action="store_true", help="keep the batch dimension dynamic (default: static batch 1)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "inspect",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="ops, tensors, quantization, sizes, int8 coverage, Edge TPU readiness of a .tflite",
+        description="Describe a .tflite file without running it (the file is validated first).",
+        epilog="example:\n  tfcompress inspect model.tflite\n  tfcompress inspect model.tflite --json",
+    )
+    p.add_argument("model", help="the .tflite file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="latency of one or more .tflite files, measured interleaved",
+        description="p50/p90/p99/mean/std latency and throughput on LiteRT (tflite_runtime where the device "
+        "has only that). Several files run interleaved in one process; each gets its p50 ratio to the first.",
+        epilog="example:\n  tfcompress bench int8.tflite float32.tflite --runs 500 --warmup 50 --threads 1\n"
+        "  tfcompress bench model_edgetpu.tflite --delegate edgetpu --runtime tflite_runtime",
+    )
+    p.add_argument("models", nargs="+", help=".tflite files; ratios are relative to the first")
+    p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per file")
+    p.add_argument("--warmup", type=_non_negative_int, default=20, help="untimed runs per file first")
+    p.add_argument("--threads", type=_positive_int, default=1, help="interpreter threads")
+    p.add_argument("--delegate", default="xnnpack", help="xnnpack | none | edgetpu | PATH.so")
+    p.add_argument("--runtime", choices=("auto", "litert", "tflite_runtime"), default="auto", help="interpreter package")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "micro",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="C sources for TFLite Micro, verified on the real TFLM interpreter",
+        description="Write NAME_model_data.h/.cc, NAME_op_resolver.h and a report with the measured tensor "
+        "arena; check that TFLM's outputs equal LiteRT's reference kernels on sample inputs.",
+        epilog="example:\n  tfcompress micro model.tflite -o firmware/model --name lenet",
+    )
+    p.add_argument("model", help="the .tflite file")
+    p.add_argument("-o", "--output", required=True, help="directory to write the sources to")
+    p.add_argument("--name", default="model", help="C identifier prefix")
+    p.add_argument("--samples", type=_positive_int, default=8, help="random inputs to compare TFLM and LiteRT on")
+    p.set_defaults(func=cmd_micro)
+
+    p = sub.add_parser(
+        "edgetpu",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="Edge TPU readiness report",
+        description="Check a .tflite against the Edge TPU compiler's documented requirements and list every op "
+        "that would fall back to the CPU, and why. Runs edgetpu_compiler when it is on PATH.",
+        epilog="example:\n  tfcompress edgetpu model.tflite\n  tfcompress edgetpu model.tflite --static --json",
+    )
+    p.add_argument("model", help="the .tflite file")
+    p.add_argument("--static", action="store_true", help="do not run edgetpu_compiler even if it is installed")
+    p.set_defaults(func=cmd_edgetpu)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="the whole road on a built-in default: train, compress, export int8, verify, bench, micro",
+        description="Train LeNet-5-Caffe on Fashion-MNIST (or scikit-learn's digits when Fashion-MNIST is not "
+        "installed), export full int8, verify on LiteRT and TFLite Micro, benchmark, write the C sources.",
+        epilog="example:\n  tfcompress demo --out demo_out\n  tfcompress demo --dataset digits --epochs 3",
+    )
+    p.add_argument("--out", dest="output", default="tfcompress_demo", help="output directory")
+    p.add_argument("--dataset", choices=("auto", "fashion_mnist", "digits"), default="auto", help="training data")
+    p.add_argument("--epochs", type=_positive_int, default=3, help="training epochs")
+    p.add_argument("--runs", type=_positive_int, default=200, help="benchmark runs per file")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from tfcompress.errors import DelegateError, TfcompressError
+
+    try:
+        return args.func(args)
+    except DelegateError as exc:
+        if args.verbose:
+            raise
+        print(f"tfcompress {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TfcompressError as exc:
+        if args.verbose:
+            raise
+        print(f"tfcompress {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"tfcompress {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: still one line unless --verbose
+        if args.verbose:
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(
+            f"tfcompress {args.command}: error: {type(exc).__name__}: {first} (run with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Export: Keras 3 -> verified TFLite for LiteRT, TFLite Micro and the Edge TPU."""
+
+from tfcompress.export.bench import BenchReport, benchmark
+from tfcompress.export.calibration import load_calibration_file, representative_samples
+from tfcompress.export.convert import ExportReport, load_keras_model, to_tflite
+from tfcompress.export.runtime import Agreement, Evaluation, ModelRunner, agreement, evaluate
+from tfcompress.export.tflite_file import TFLiteModel, gzip_size, load_tflite, validate_tflite
+
+__all__ = [
+    "Agreement",
+    "BenchReport",
+    "Evaluation",
+    "ExportReport",
+    "ModelRunner",
+    "TFLiteModel",
+    "agreement",
+    "benchmark",
+    "evaluate",
+    "gzip_size",
+    "load_calibration_file",
+    "load_keras_model",
+    "load_tflite",
+    "representative_samples",
+    "to_tflite",
+    "validate_tflite",
+]

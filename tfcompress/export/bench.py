@@ -1,0 +1,162 @@
+"""On-device latency of `.tflite` files, measured side by side.
+
+Several files are run interleaved (file A, file B, file A, ...) after a warm-up,
+so that frequency scaling, other processes and cache state hit every file
+alike; ratios between files measured this way are what we report, never
+absolute timings compared across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+from tfcompress.export.runtime import ModelRunner, RuntimeInfo
+
+
+@dataclass
+class LatencyStats:
+    path: str
+    runtime: RuntimeInfo
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    throughput_per_s: float
+    ratio_to_first: float = 1.0
+
+    @classmethod
+    def from_samples(cls, path: str, runtime: RuntimeInfo, seconds: np.ndarray, batch: int) -> LatencyStats:
+        ms = seconds * 1e3
+        return cls(
+            path=path,
+            runtime=runtime,
+            runs=int(ms.size),
+            p50_ms=float(np.percentile(ms, 50)),
+            p90_ms=float(np.percentile(ms, 90)),
+            p99_ms=float(np.percentile(ms, 99)),
+            mean_ms=float(ms.mean()),
+            std_ms=float(ms.std()),
+            min_ms=float(ms.min()),
+            throughput_per_s=float(batch / seconds.mean()) if seconds.mean() > 0 else float("inf"),
+        )
+
+
+@dataclass
+class BenchReport:
+    results: list[LatencyStats]
+    warmup: int
+    threads: int
+    delegate: str
+    machine: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        header = f"{'model':<40} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'std':>7} {'inf/s':>9} {'vs first':>8}  delegate"
+        lines = [header, "-" * len(header)]
+        for r in self.results:
+            name = os.path.basename(r.path)[:40]
+            lines.append(
+                f"{name:<40} {r.p50_ms:8.3f} {r.p90_ms:8.3f} {r.p99_ms:8.3f} {r.mean_ms:8.3f} "
+                f"{r.std_ms:7.3f} {r.throughput_per_s:9.1f} {r.ratio_to_first:7.2f}x  {r.runtime.delegate}"
+            )
+        first = self.results[0].runtime
+        lines.append(
+            f"{first.runtime} {first.version}, {self.threads} thread(s), {self.warmup} warm-up run(s), "
+            f"runs interleaved; ratio = p50 / p50 of the first file; {self.machine.get('processor') or self.machine.get('machine')}"
+        )
+        return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    """What machine the numbers come from."""
+    info = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    info["processor"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        info["processor"] = platform.processor()
+    return info
+
+
+def _random_inputs(runner: ModelRunner, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    values = []
+    for detail in runner.input_details:
+        dtype = np.dtype(detail["dtype"])
+        shape = detail["shape"]
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            values.append(rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype))
+        else:
+            values.append(rng.random(shape, dtype=np.float32).astype(dtype))
+    return values
+
+
+def benchmark(
+    paths: list[str | os.PathLike],
+    *,
+    runs: int = 200,
+    warmup: int = 20,
+    threads: int = 1,
+    delegate: str = "xnnpack",
+    runtime: str = "auto",
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> BenchReport:
+    """Latency of each file, measured interleaved in one process.
+
+    Args:
+        paths: `.tflite` files; ratios are relative to the first.
+        runs: timed invocations per file.
+        warmup: untimed invocations per file before timing.
+        threads: interpreter threads.
+        delegate: ``"xnnpack"``, ``"none"``, ``"edgetpu"`` or a delegate library path.
+        runtime: ``"auto"``, ``"litert"`` or ``"tflite_runtime"``.
+        progress: called as ``progress(done, total)`` after each round.
+    """
+    if not paths:
+        raise TfcompressError("no model to benchmark", "paths", "pass at least one .tflite file")
+    if runs < 1 or warmup < 0:
+        raise TfcompressError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})", "runs/warmup")
+    runners = [ModelRunner(p, num_threads=threads, delegate=delegate, runtime=runtime) for p in paths]
+    inputs = [_random_inputs(r, seed) for r in runners]
+    for runner, x in zip(runners, inputs, strict=True):
+        for i, detail in enumerate(runner.input_details):
+            runner.interpreter.set_tensor(detail["index"], x[i])
+        for _ in range(warmup):
+            runner.interpreter.invoke()
+    timings = np.zeros((len(runners), runs))
+    clock = time.perf_counter_ns
+    for r in range(runs):
+        # Rotate the starting file so none always runs right after another's cache footprint.
+        order = [(r + k) % len(runners) for k in range(len(runners))]
+        for k in order:
+            invoke = runners[k].interpreter.invoke
+            start = clock()
+            invoke()
+            timings[k, r] = (clock() - start) * 1e-9
+        if progress is not None:
+            progress(r + 1, runs)
+    results = [
+        LatencyStats.from_samples(str(p), runner.info, timings[k], runner.batch_size)
+        for k, (p, runner) in enumerate(zip(paths, runners, strict=True))
+    ]
+    for result in results:
+        result.ratio_to_first = result.p50_ms / results[0].p50_ms if results[0].p50_ms > 0 else float("nan")
+    return BenchReport(results, warmup, threads, delegate, machine_info())

@@ -1,0 +1,310 @@
+"""Keras 3 model -> TFLite flatbuffer, with full-int8 as a contract rather than a hope.
+
+The TFLite converter silently keeps ops in float when it cannot quantize them
+(with ``TFLITE_BUILTINS`` allowed) or fails with an MLIR dump (without). For a
+microcontroller or an Edge TPU a single float op means the model does not run,
+so ``to_tflite(..., quantization="int8")`` checks the written graph op by op and
+names every op that is not integer, unless the caller accepts float fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tfcompress._backend import require_tensorflow_backend
+from tfcompress._io import write_bytes_atomic
+from tfcompress.errors import ConversionError, FloatFallbackError, TfcompressError
+from tfcompress.export.calibration import converter_dataset, representative_samples
+from tfcompress.export.tflite_file import TFLiteModel, load_tflite
+
+QUANTIZATION_MODES = ("int8", "float16", "dynamic", None)
+IO_DTYPES = ("int8", "uint8", "float32")
+DEFAULT_CALIBRATION_SAMPLES = 500
+
+
+@dataclass
+class TensorQuantization:
+    name: str
+    dtype: str
+    shape: list[int]
+    scale: float | None
+    zero_point: int | None
+
+
+@dataclass
+class ExportReport:
+    """What `to_tflite` wrote: sizes, ops, int8 coverage and I/O quantization."""
+
+    path: str
+    quantization: str | None
+    io_dtype: str
+    size_bytes: int
+    gzip_size_bytes: int
+    num_ops: int
+    ops: dict[str, int]
+    int8_coverage: float
+    float_ops: list[str]
+    inputs: list[TensorQuantization]
+    outputs: list[TensorQuantization]
+    calibration_samples: int
+    conversion_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        lines = [
+            f"wrote {self.path}",
+            f"  quantization   {self.quantization or 'none (float32)'}   I/O {self.io_dtype}",
+            f"  size           {self.size_bytes:,} bytes (gzip {self.gzip_size_bytes:,})",
+            f"  ops            {self.num_ops}: "
+            + ", ".join(f"{k} x{v}" for k, v in sorted(self.ops.items())),
+            f"  int8 coverage  {self.int8_coverage:.1%}"
+            + (f"  (float: {', '.join(self.float_ops)})" if self.float_ops else ""),
+        ]
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            for t in tensors:
+                q = f" scale={t.scale:.6g} zero_point={t.zero_point}" if t.scale else ""
+                lines.append(f"  {kind:<14} {t.name} {t.dtype}{t.shape}{q}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _tensor_quantization(t) -> TensorQuantization:
+    q = t.quantization
+    return TensorQuantization(
+        name=t.name,
+        dtype=t.dtype.lower(),
+        shape=list(t.shape),
+        scale=q.scales[0] if q else None,
+        zero_point=q.zero_points[0] if q else None,
+    )
+
+
+def load_keras_model(path: str | os.PathLike):
+    """Load a `.keras` file with tfcompress' custom layers registered, with clear errors."""
+    import zipfile
+
+    import keras
+
+    import tfcompress  # noqa: F401  (registers the serializable tfcompress objects)
+
+    p = Path(path)
+    if not p.exists():
+        raise TfcompressError("file not found", str(p), "check the path")
+    if p.suffix != ".keras" or not zipfile.is_zipfile(p):
+        raise TfcompressError(
+            "not a Keras 3 .keras model file",
+            str(p),
+            "save the model with model.save('model.keras') (Keras 3 format)",
+        )
+    try:
+        return keras.saving.load_model(p)
+    except Exception as exc:
+        raise TfcompressError(
+            f"cannot load the Keras model ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
+            str(p),
+            "check that it was saved by Keras 3 and that the packages defining its custom layers are installed",
+        ) from None
+
+
+def uses_fake_quant(model) -> bool:
+    """True for a QAT model whose learned ranges replace calibration."""
+    return any(getattr(layer, "tfcompress_fake_quant", False) for layer in _walk_layers(model))
+
+
+def _walk_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _walk_layers(layer)
+
+
+def _concrete_function(model, batch_size: int | None):
+    import tensorflow as tf
+
+    specs = [
+        tf.TensorSpec([batch_size, *tuple(t.shape)[1:]], t.dtype, name=t.name.split(":")[0])
+        for t in model.inputs
+    ]
+    single = len(specs) == 1
+
+    @tf.function
+    def serve(*args):
+        return model(args[0] if single else list(args), training=False)
+
+    return serve.get_concrete_function(*specs)
+
+
+def _convert(model, quantization, samples, io_dtype, allow_float, batch_size) -> bytes:
+    import tensorflow as tf
+
+    # The converter freezes the variables a trackable object holds; a Keras 3 model
+    # does not expose its tf.Variables that way, so hand them over in a tf.Module.
+    holder = tf.Module()
+    holder.variables_to_freeze = [getattr(v, "value", v) for v in model.variables]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [_concrete_function(model, batch_size)], holder
+    )
+    if quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if samples is not None:
+            converter.representative_dataset = converter_dataset(samples)
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if allow_float:
+            ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+        converter.target_spec.supported_ops = ops
+        io_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    elif quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
+
+
+def to_tflite(
+    model,
+    path: str | os.PathLike,
+    quantization: str | None = "int8",
+    representative_data=None,
+    io_dtype: str | None = None,
+    *,
+    allow_float_fallback: bool = False,
+    batch_size: int | None = 1,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+) -> ExportReport:
+    """Convert a Keras 3 model to a `.tflite` file and check what came out.
+
+    Args:
+        model: a Keras 3 model (or the path of a `.keras` file).
+        path: where to write the `.tflite` file (written atomically).
+        quantization: ``"int8"`` full-integer (int8 activations, per-channel int8
+            weights, int32 biases); ``"float16"`` weights; ``"dynamic"`` int8
+            weights with float activations; ``None`` plain float32.
+        representative_data: calibration inputs for ``"int8"``: a NumPy array
+            (N, *input_shape), a list of arrays for multi-input models, a
+            ``tf.data.Dataset`` or a generator. Not needed for QAT models
+            (``tfcompress.quantize``), whose learned ranges are used.
+        io_dtype: model input/output type for ``"int8"``: ``"int8"`` (default),
+            ``"uint8"`` or ``"float32"`` (float I/O around an integer graph).
+        allow_float_fallback: with ``"int8"``, accept ops the converter keeps in
+            float instead of raising `FloatFallbackError`.
+        batch_size: static batch size of the exported graph (1 by default, which
+            TFLite Micro and the Edge TPU need); ``None`` keeps it dynamic.
+        calibration_samples: use at most this many representative samples.
+
+    Returns:
+        An `ExportReport`.
+
+    Raises:
+        CalibrationDataError: representative data missing, empty or shaped wrong.
+        FloatFallbackError: ``"int8"`` left float ops and ``allow_float_fallback`` is False.
+        ConversionError: the converter failed.
+    """
+    require_tensorflow_backend("TFLite export")
+    if isinstance(model, str | os.PathLike):
+        model = load_keras_model(model)
+    if quantization not in QUANTIZATION_MODES:
+        raise TfcompressError(
+            f"unknown quantization {quantization!r}", "quantization", f"use one of {QUANTIZATION_MODES}"
+        )
+    if io_dtype is None:
+        io_dtype = "int8" if quantization == "int8" else "float32"
+    if io_dtype not in IO_DTYPES:
+        raise TfcompressError(f"unknown io_dtype {io_dtype!r}", "io_dtype", f"use one of {IO_DTYPES}")
+    if quantization != "int8" and io_dtype != "float32":
+        raise TfcompressError(
+            f"io_dtype={io_dtype!r} needs full-integer quantization",
+            "io_dtype",
+            "use quantization='int8', or io_dtype='float32'",
+        )
+    if batch_size is not None and batch_size < 1:
+        raise TfcompressError(f"batch_size must be >= 1 or None, got {batch_size}", "batch_size")
+    if not getattr(model, "inputs", None):
+        raise TfcompressError(
+            "the model has no defined inputs (a subclassed or unbuilt model)",
+            type(model).__name__,
+            "build a Functional or Sequential model with keras.Input, or call the model on data first",
+        )
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise TfcompressError("output directory does not exist", str(target.parent), "create it first")
+
+    samples = None
+    notes: list[str] = []
+    if quantization == "int8":
+        if representative_data is None and uses_fake_quant(model):
+            notes.append("ranges taken from quantization-aware training (no calibration)")
+        else:
+            samples = representative_samples(representative_data, model, calibration_samples)
+
+    started = time.perf_counter()
+    try:
+        flatbuffer = _convert(model, quantization, samples, io_dtype, allow_float_fallback, batch_size)
+    except Exception as exc:
+        if quantization == "int8" and not allow_float_fallback:
+            # Find out which ops could not be made integer, to name them.
+            try:
+                fallback = _convert(model, quantization, samples, io_dtype, True, batch_size)
+            except Exception:
+                fallback = None
+            if fallback is not None:
+                float_ops = _describe_float_ops(load_tflite(fallback))
+                if float_ops:
+                    raise FloatFallbackError(float_ops, str(target)) from None
+        unsupported = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(exc))))
+        if unsupported:
+            raise ConversionError(
+                f"the model uses TensorFlow ops with no TFLite builtin: {', '.join(unsupported)}",
+                str(target),
+                "replace the layers that use them with layers built from TFLite-supported ops",
+            ) from None
+        message = str(exc).strip().splitlines()
+        raise ConversionError(
+            f"the TFLite converter failed: {message[0][:400] if message else type(exc).__name__}",
+            str(target),
+            "check that every layer has a TFLite builtin equivalent",
+        ) from None
+    seconds = time.perf_counter() - started
+
+    parsed = load_tflite(flatbuffer)
+    float_ops = _describe_float_ops(parsed)
+    if quantization == "int8" and float_ops and not allow_float_fallback:
+        raise FloatFallbackError(float_ops, str(target))
+    if quantization == "int8" and float_ops:
+        notes.append(f"{len(float_ops)} op(s) kept in float (allow_float_fallback=True)")
+
+    write_bytes_atomic(target, flatbuffer)
+    return ExportReport(
+        path=str(target),
+        quantization=quantization,
+        io_dtype=io_dtype,
+        size_bytes=parsed.size_bytes,
+        gzip_size_bytes=parsed.gzip_size_bytes,
+        num_ops=len(parsed.ops),
+        ops=parsed.op_counts(),
+        int8_coverage=round(parsed.int8_coverage(), 4),
+        float_ops=float_ops,
+        inputs=[_tensor_quantization(t) for t in parsed.inputs],
+        outputs=[_tensor_quantization(t) for t in parsed.outputs],
+        calibration_samples=len(samples) if samples is not None else 0,
+        conversion_seconds=round(seconds, 3),
+        notes=notes,
+    )
+
+
+def _describe_float_ops(parsed: TFLiteModel) -> list[str]:
+    described = []
+    for op in parsed.float_ops():
+        outputs = [parsed.tensor(i, op.subgraph).name for i in op.outputs if i >= 0]
+        described.append(f"{op.name}#{op.index} ({outputs[0] if outputs else '?'})")
+    return described
+

@@ -1,0 +1,274 @@
+"""Running `.tflite` files: LiteRT first, `tflite_runtime` where a device only has that.
+
+`ai-edge-litert` is the maintained interpreter. `tflite-runtime` 2.14 (its last
+release) does not run with NumPy 2, but Coral boards ship it, so it stays a
+fallback chosen with ``runtime="tflite_runtime"`` or when LiteRT is missing.
+Every file is validated by `load_tflite` before an interpreter sees it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from tfcompress.errors import DelegateError, TfcompressError
+from tfcompress.export.tflite_file import TFLiteModel, load_tflite
+
+RUNTIMES = ("auto", "litert", "tflite_runtime")
+NAMED_DELEGATES = ("xnnpack", "none", "edgetpu")
+# The Edge TPU runtime library on each platform (Coral "Run inference with TensorFlow Lite in Python").
+EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    runtime: str
+    version: str
+    delegate: str
+    num_threads: int
+
+
+@cache
+def _interpreter_module(runtime: str):
+    if runtime not in RUNTIMES:
+        raise TfcompressError(f"unknown runtime {runtime!r}", "runtime", f"use one of {RUNTIMES}")
+    candidates = ["litert", "tflite_runtime"] if runtime == "auto" else [runtime]
+    errors = []
+    for name in candidates:
+        module_name = "ai_edge_litert.interpreter" if name == "litert" else "tflite_runtime.interpreter"
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # ImportError, or tflite_runtime failing under NumPy 2
+            errors.append(f"{module_name}: {type(exc).__name__}: {exc}")
+            continue
+        package = importlib.import_module(module_name.split(".")[0])
+        return name, getattr(package, "__version__", "unknown"), module
+    raise TfcompressError(
+        "no TFLite interpreter could be imported (" + "; ".join(errors) + ")",
+        "runtime",
+        "pip install ai-edge-litert (or tflite-runtime on a device that ships it)",
+    )
+
+
+def _load_delegate(module, delegate: str):
+    import platform
+
+    if delegate == "edgetpu":
+        library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
+    else:
+        library = delegate
+        if not Path(library).is_file():
+            raise DelegateError(
+                "delegate library not found",
+                library,
+                f"pass one of {NAMED_DELEGATES} or the path of a delegate .so",
+            )
+    try:
+        return module.load_delegate(library)
+    except Exception as exc:
+        fix = (
+            "install the Edge TPU runtime (libedgetpu) and plug in a Coral device, or use --delegate xnnpack"
+            if delegate == "edgetpu"
+            else "check that the library is a TFLite delegate built for this runtime"
+        )
+        raise DelegateError(f"failed to load delegate ({str(exc).strip()[:200]})", library, fix) from None
+
+
+class ModelRunner:
+    """A validated `.tflite` model in an interpreter, taking and returning float arrays.
+
+    Inputs are quantized with the input tensor's scale / zero point and outputs
+    dequantized, so callers compare with Keras directly. Models exported with a
+    static batch of 1 run sample by sample.
+
+    Args:
+        model: path or bytes of a `.tflite` file.
+        num_threads: interpreter threads.
+        delegate: ``"xnnpack"`` (LiteRT's default CPU delegate), ``"none"``
+            (builtin kernels only), ``"edgetpu"`` or the path of a delegate library.
+        runtime: ``"auto"``, ``"litert"`` or ``"tflite_runtime"``.
+        reference_kernels: use TFLite's reference kernels (what TFLite Micro's
+            kernels are written against); implies no delegate.
+        preserve_all_tensors: keep intermediate tensors readable after invoke.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes | TFLiteModel,
+        *,
+        num_threads: int = 1,
+        delegate: str = "xnnpack",
+        runtime: str = "auto",
+        reference_kernels: bool = False,
+        preserve_all_tensors: bool = False,
+    ):
+        self.model = model if isinstance(model, TFLiteModel) else load_tflite(model)
+        name, version, module = _interpreter_module(runtime)
+        if num_threads < 1:
+            raise TfcompressError(f"num_threads must be >= 1, got {num_threads}", "num_threads")
+        kwargs: dict = {"model_content": self.model.data, "num_threads": num_threads}
+        resolver = module.OpResolverType
+        delegates = []
+        if reference_kernels:
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_REF
+        elif delegate == "none":
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        elif delegate != "xnnpack":
+            delegates.append(_load_delegate(module, delegate))
+            kwargs["experimental_delegates"] = delegates
+        if preserve_all_tensors:
+            kwargs["experimental_preserve_all_tensors"] = True
+        try:
+            self.interpreter = module.Interpreter(**kwargs)
+            self.interpreter.allocate_tensors()
+        except Exception as exc:
+            raise TfcompressError(
+                f"the interpreter rejected the model ({str(exc).strip()[:300]})",
+                self.model.path or "<bytes>",
+                "re-export the model; check that its ops are TFLite builtins",
+            ) from None
+        partitions = sum(1 for op in self.interpreter._get_ops_details() if op["op_name"] == "DELEGATE")
+        if reference_kernels:
+            ran = "none (reference kernels)"
+        elif delegate == "none":
+            ran = "none (builtin kernels)"
+        elif delegate == "xnnpack":
+            ran = f"xnnpack ({partitions} partition(s))" if partitions else "none (XNNPACK took no op)"
+        else:
+            ran = f"{delegate} ({partitions} partition(s))"
+        self.info = RuntimeInfo(name, version, ran, num_threads)
+        self.input_details = self.interpreter.get_input_details()
+        self.output_details = self.interpreter.get_output_details()
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_details[0]["shape"][0])
+
+    def quantize_input(self, x: np.ndarray, index: int = 0) -> np.ndarray:
+        detail = self.input_details[index]
+        return quantize(x, detail["dtype"], *detail["quantization"])
+
+    def dequantize_output(self, q: np.ndarray, index: int = 0) -> np.ndarray:
+        detail = self.output_details[index]
+        scale, zero_point = detail["quantization"]
+        if np.issubdtype(detail["dtype"], np.integer) and scale:
+            return (q.astype(np.float32) - zero_point) * scale
+        return q.astype(np.float32)
+
+    def invoke_raw(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run one batch of already-typed inputs; return raw output tensors."""
+        for detail, value in zip(self.input_details, inputs, strict=True):
+            self.interpreter.set_tensor(detail["index"], value)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(d["index"]) for d in self.output_details]
+
+    def predict(self, x: np.ndarray | list[np.ndarray], output: int = 0) -> np.ndarray:
+        """Float outputs for float inputs shaped (N, ...), running batch by batch."""
+        xs = [np.asarray(x)] if isinstance(x, np.ndarray) else [np.asarray(a) for a in x]
+        if len(xs) != len(self.input_details):
+            raise TfcompressError(
+                f"got {len(xs)} input array(s), the model has {len(self.input_details)}", "inputs"
+            )
+        expected = tuple(self.input_details[0]["shape"][1:])
+        if tuple(xs[0].shape[1:]) != expected:
+            raise TfcompressError(
+                f"inputs shaped {tuple(xs[0].shape)} do not fit the model input {(-1, *expected)}",
+                self.model.path or "<bytes>",
+                "reshape the inputs to the model's input shape",
+            )
+        n, step = xs[0].shape[0], self.batch_size
+        results = []
+        for start in range(0, n, step):
+            chunk = [a[start : start + step] for a in xs]
+            rows = chunk[0].shape[0]
+            if rows < step:  # pad the last partial batch
+                chunk = [np.concatenate([c, np.repeat(c[-1:], step - rows, axis=0)]) for c in chunk]
+            raw = self.invoke_raw([self.quantize_input(c, i) for i, c in enumerate(chunk)])
+            results.append(self.dequantize_output(raw[output], output)[:rows])
+        return np.concatenate(results) if results else np.zeros((0,))
+
+
+def quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Affine quantization as TFLite does it: clip(round(x / scale) + zero_point)."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.integer) or not scale:
+        return np.asarray(x, dtype=dtype)
+    info = np.iinfo(dtype)
+    q = np.round(np.asarray(x, dtype=np.float32) / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    num_samples: int
+    runtime: RuntimeInfo
+    outputs: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "num_samples": self.num_samples, "runtime": asdict(self.runtime)}
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    return y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
+
+
+def evaluate(
+    path: str | os.PathLike | bytes, x: np.ndarray, y: np.ndarray, *, num_threads: int = 1, **runner_kwargs
+) -> Evaluation:
+    """Top-1 accuracy of a `.tflite` classifier on LiteRT; also returns its float outputs.
+
+    ``y`` holds integer labels or one-hot rows.
+    """
+    runner = ModelRunner(path, num_threads=num_threads, **runner_kwargs)
+    outputs = runner.predict(x)
+    labels = _labels(y)
+    if labels.shape[0] != outputs.shape[0]:
+        raise TfcompressError(f"{outputs.shape[0]} inputs but {labels.shape[0]} labels", "y")
+    accuracy = float(np.mean(outputs.argmax(axis=-1) == labels))
+    return Evaluation(accuracy, int(labels.shape[0]), runner.info, outputs)
+
+
+@dataclass
+class Agreement:
+    """How closely a `.tflite` file reproduces its Keras model."""
+
+    top1_agreement: float
+    max_abs_error: float
+    mean_abs_error: float
+    output_scale: float | None
+    max_error_lsb: float | None
+    num_samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def agreement(model, path: str | os.PathLike | bytes, x: np.ndarray, **runner_kwargs) -> Agreement:
+    """Top-1 agreement and output error of the `.tflite` file against the Keras model on ``x``."""
+    runner = ModelRunner(path, **runner_kwargs)
+    reference = np.asarray(model.predict(x, verbose=0, batch_size=256))
+    outputs = runner.predict(x)
+    if reference.shape != outputs.shape:
+        raise TfcompressError(
+            f"Keras output shape {reference.shape} differs from the TFLite output shape {outputs.shape}",
+            runner.model.path or "<bytes>",
+            "pass the model this file was exported from",
+        )
+    error = np.abs(reference - outputs)
+    scale = runner.output_details[0]["quantization"][0] or None
+    top1 = float(np.mean(reference.reshape(len(x), -1).argmax(-1) == outputs.reshape(len(x), -1).argmax(-1)))
+    return Agreement(
+        top1_agreement=top1,
+        max_abs_error=float(error.max()),
+        mean_abs_error=float(error.mean()),
+        output_scale=float(scale) if scale else None,
+        max_error_lsb=float(error.max() / scale) if scale else None,
+        num_samples=int(len(x)),
+    )
