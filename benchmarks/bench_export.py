@@ -62,6 +62,9 @@ def main() -> None:
 
     bench = benchmark(list(paths.values()), runs=args.runs, warmup=100, threads=1)
     latency = {label: r for label, r in zip(paths, bench.results, strict=True)}
+    # The same files on LiteRT's builtin kernels (no XNNPACK), also interleaved.
+    builtin = benchmark(list(paths.values()), runs=args.runs, warmup=100, threads=1, delegate="none")
+    latency_builtin = {label: r for label, r in zip(paths, builtin.results, strict=True)}
 
     rows = [
         {
@@ -72,6 +75,8 @@ def main() -> None:
             "p50 ms (1 thread)": None,
             "latency vs float32": None,
             "delegate": None,
+            "p50 ms builtin kernels": None,
+            "builtin vs float32": None,
             "TFLM arena (bytes)": None,
         }
     ]
@@ -91,6 +96,8 @@ def main() -> None:
                 "p50 ms (1 thread)": round(latency[label].p50_ms, 4),
                 "latency vs float32": round(latency[label].ratio_to_first, 3),
                 "delegate": latency[label].runtime.delegate,
+                "p50 ms builtin kernels": round(latency_builtin[label].p50_ms, 4),
+                "builtin vs float32": round(latency_builtin[label].ratio_to_first, 3),
                 "TFLM arena (bytes)": arena,
             }
         )
@@ -102,7 +109,8 @@ def main() -> None:
         f"int8 accuracy - Keras accuracy = {100 * (int8['test accuracy'] - keras_accuracy):+.2f} points; "
         f"int8 file = {int8['size (bytes)'] / float32['size (bytes)']:.3f}x the float32 file.",
         f"int8 p50 / float32 p50 = {int8['latency vs float32']:.3f} ({args.runs} interleaved runs each after 100 warm-up, "
-        f"{int8['delegate']}).",
+        f"{int8['delegate']}); on LiteRT's builtin kernels (--delegate none) the ratio is "
+        f"{int8['builtin vs float32']:.3f}.",
         "Calibration: 500 training images. Accuracy of TFLite files measured on LiteRT over the 10,000 test images.",
     ]
     harness.record(

@@ -3,24 +3,30 @@
 from tfcompress.export.bench import BenchReport, benchmark
 from tfcompress.export.calibration import load_calibration_file, representative_samples
 from tfcompress.export.convert import ExportReport, load_keras_model, to_tflite
+from tfcompress.export.edgetpu import EdgeTPUReport, edgetpu_report
+from tfcompress.export.micro import MicroReport, to_micro
 from tfcompress.export.runtime import Agreement, Evaluation, ModelRunner, agreement, evaluate
 from tfcompress.export.tflite_file import TFLiteModel, gzip_size, load_tflite, validate_tflite
 
 __all__ = [
     "Agreement",
     "BenchReport",
+    "EdgeTPUReport",
+    "MicroReport",
     "Evaluation",
     "ExportReport",
     "ModelRunner",
     "TFLiteModel",
     "agreement",
     "benchmark",
+    "edgetpu_report",
     "evaluate",
     "gzip_size",
     "load_calibration_file",
     "load_keras_model",
     "load_tflite",
     "representative_samples",
+    "to_micro",
     "to_tflite",
     "validate_tflite",
 ]

@@ -167,12 +167,24 @@ def _is_array_source(data, n_inputs: int) -> bool:
     return len(data) == n_inputs and all(isinstance(a, np.ndarray) for a in data)
 
 
-def converter_dataset(samples: Sequence[Sample]) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """The zero-argument generator factory the TFLite converter expects (batch of one)."""
+def converter_dataset(
+    samples: Sequence[Sample], batch_size: int | None = 1
+) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """The zero-argument generator factory the TFLite converter expects.
+
+    A graph exported with a static batch size B is calibrated with batches of exactly B
+    samples (the last, incomplete batch is dropped unless it is the only one, then padded by
+    repetition); a dynamic batch (None) is calibrated one sample at a time.
+    """
+    size = batch_size or 1
 
     def generate() -> Iterator[list[np.ndarray]]:
-        for sample in samples:
-            yield [a[None, ...] for a in sample]
+        items = list(samples)
+        if len(items) < size:
+            items = [items[i % len(items)] for i in range(size)]
+        for start in range(0, len(items) - size + 1, size):
+            batch = items[start : start + size]
+            yield [np.stack([s[k] for s in batch]) for k in range(len(batch[0]))]
 
     return generate
 

@@ -154,7 +154,7 @@ def _convert(model, quantization, samples, io_dtype, allow_float, batch_size) ->
     if quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if samples is not None:
-            converter.representative_dataset = converter_dataset(samples)
+            converter.representative_dataset = converter_dataset(samples, batch_size)
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if allow_float:
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)

@@ -68,6 +68,19 @@ def _load_delegate(module, delegate: str):
                 library,
                 f"pass one of {NAMED_DELEGATES} or the path of a delegate .so",
             )
+    # Check that the shared library loads before the runtime's Delegate object is built: a
+    # Delegate whose library fails to load prints an AttributeError from its __del__.
+    import ctypes
+
+    try:
+        ctypes.CDLL(library)
+    except OSError as exc:
+        fix = (
+            "install the Edge TPU runtime (libedgetpu) and plug in a Coral device, or use --delegate xnnpack"
+            if delegate == "edgetpu"
+            else "check that the library is a TFLite delegate built for this machine"
+        )
+        raise DelegateError(f"failed to load delegate ({str(exc).strip()[:200]})", library, fix) from None
     try:
         return module.load_delegate(library)
     except Exception as exc:

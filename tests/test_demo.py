@@ -1,0 +1,28 @@
+"""The README's main job, on the small built-in default (scikit-learn digits)."""
+
+from __future__ import annotations
+
+import json
+
+from tfcompress.demo import run_demo
+
+
+def test_demo_runs_the_whole_road_on_digits(tmp_path):
+    messages: list[str] = []
+    result = run_demo(out_dir=str(tmp_path / "demo"), dataset="digits", epochs=2, runs=20, log=messages.append)
+    assert result["dataset"] == "digits"
+    assert result["passed"], result
+    assert result["int8_coverage"] == 1.0
+    # TFLM equals LiteRT's reference kernels, or the ops that differ are named (at most 1 LSB)
+    assert result["tflm_identical_to_litert_reference"] or (
+        result["tflm_max_diff_lsb"] == 1 and result["tflm_ops_that_differ"]
+    )
+    assert result["tflm_arena_bytes"] > 0
+    assert result["keras_accuracy"] > 0.8  # two epochs learn the 8x8 digits
+    assert abs(result["tflite_int8_accuracy"] - result["keras_accuracy"]) <= 0.02
+    assert result["int8_size_ratio"] < 0.35
+    written = {p.name for p in (tmp_path / "demo").rglob("*") if p.is_file()}
+    assert {"model.keras", "model_float32.tflite", "model_int8.tflite", "results.json",
+            "model_model_data.cc", "model_model_data.h", "model_op_resolver.h"} <= written
+    assert json.loads((tmp_path / "demo" / "results.json").read_text()) == result
+    assert any("TFLite Micro" in m for m in messages) and "PASS" in messages[-1]

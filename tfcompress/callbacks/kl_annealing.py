@@ -1,0 +1,140 @@
+"""KL annealing (warm-up) for the Bayesian pruning layers.
+
+The ELBO's KL term is switched on gradually so that the likelihood first shapes the
+posterior; otherwise the prior can prune channels before they learned anything (the
+"KL warm-up" of Sonderby et al., NeurIPS 2016, "Ladder Variational Autoencoders", and of
+Molchanov et al. 2017, Sec. 4, who train sparse VD with the KL weight rising from 0 to 1).
+
+Every layer that follows the protocol of ``tfcompress.layers.variational_bn`` (a
+non-trainable scalar ``kl_weight`` variable and a ``kl_divergence()`` method) is found by
+walking the model, nested models included, and its ``kl_weight`` set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+
+from tfcompress.errors import TfcompressError
+
+SCHEDULES = ("linear", "cosine")
+
+
+def bayesian_layers(model: keras.Model) -> list:
+    """The layers of ``model`` (nested models included) with a ``kl_weight`` variable."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(getattr(layer, "kl_weight", None), keras.Variable) and hasattr(
+            layer, "kl_divergence"
+        ):
+            found.append(layer)
+    return found
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class KLAnnealing(keras.callbacks.Callback):
+    """Warm up the KL weight of every Bayesian layer from 0 to ``max_weight``.
+
+    With ``t`` the epoch (0-based, plus the fraction of the epoch done when ``per_step``)::
+
+        p = clip((t - start_epoch) / warmup_epochs, 0, 1)        (p = 1 if warmup_epochs == 0)
+        linear: w = max_weight * p
+        cosine: w = max_weight * (1 - cos(pi * p)) / 2
+
+    so the weight is 0 until ``start_epoch`` and ``max_weight`` from
+    ``start_epoch + warmup_epochs`` on. The weight in force during an epoch is written to
+    ``logs["kl_weight"]`` at its end (the last step's value when ``per_step``).
+
+    Args:
+        start_epoch: first epoch of the warm-up (the weight is 0 before it).
+        warmup_epochs: length of the warm-up in epochs.
+        schedule: ``"linear"`` or ``"cosine"``.
+        max_weight: the weight after the warm-up (1.0 = the ELBO).
+        per_step: update at every training step instead of every epoch.
+    """
+
+    def __init__(
+        self,
+        start_epoch: int = 0,
+        warmup_epochs: int = 5,
+        schedule: str = "linear",
+        max_weight: float = 1.0,
+        per_step: bool = False,
+    ):
+        super().__init__()
+        where = "KLAnnealing"
+        if schedule not in SCHEDULES:
+            raise TfcompressError(
+                f"unknown schedule {schedule!r}", where, f"use one of {', '.join(SCHEDULES)}"
+            )
+        if int(start_epoch) < 0 or int(warmup_epochs) < 0:
+            raise TfcompressError(
+                f"start_epoch and warmup_epochs must be >= 0, got {start_epoch}, {warmup_epochs}",
+                where,
+                "pass non-negative epoch counts",
+            )
+        if not math.isfinite(float(max_weight)) or float(max_weight) < 0:
+            raise TfcompressError(
+                f"max_weight must be a finite number >= 0, got {max_weight}", where, "use e.g. 1.0"
+            )
+        self.start_epoch = int(start_epoch)
+        self.warmup_epochs = int(warmup_epochs)
+        self.schedule = schedule
+        self.max_weight = float(max_weight)
+        self.per_step = bool(per_step)
+        self._layers: list = []
+        self._epoch = 0
+        self._current = 0.0
+
+    def weight_at(self, t: float) -> float:
+        """The KL weight at (fractional) epoch ``t``."""
+        if self.warmup_epochs == 0:
+            progress = 1.0 if t >= self.start_epoch else 0.0
+        else:
+            progress = min(max((t - self.start_epoch) / self.warmup_epochs, 0.0), 1.0)
+        if self.schedule == "cosine":
+            progress = 0.5 * (1.0 - math.cos(math.pi * progress))
+        return self.max_weight * progress
+
+    def _set(self, value: float) -> None:
+        self._current = value
+        for layer in self._layers:
+            layer.kl_weight.assign(value)
+
+    def on_train_begin(self, logs=None):
+        self._layers = bayesian_layers(self.model)
+        if not self._layers:
+            raise TfcompressError(
+                "the model has no Bayesian layer with a kl_weight variable",
+                "KLAnnealing",
+                "use VariationalBatchNormalization, DirichletSwitch, LogNormalDropout, "
+                "VariationalDense/Conv2D, or remove the callback",
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._set(self.weight_at(epoch))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.per_step:
+            steps = (self.params or {}).get("steps") or 1
+            self._set(self.weight_at(self._epoch + batch / steps))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["kl_weight"] = self._current
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "start_epoch": self.start_epoch,
+            "warmup_epochs": self.warmup_epochs,
+            "schedule": self.schedule,
+            "max_weight": self.max_weight,
+            "per_step": self.per_step,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> KLAnnealing:
+        return cls(**config)
