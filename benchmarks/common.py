@@ -1,0 +1,131 @@
+"""What the LeNet-5-Caffe / Fashion-MNIST benchmarks share: data, model, timed training, int8 export.
+
+Each benchmark builds rows with :func:`export_row` (int8 TFLite accuracy on LiteRT, sizes,
+non-zero parameters, MACs) and then measures every row's file in one interleaved LiteRT run with
+:func:`add_latency`, so latencies are ratios measured side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclass
+class Data:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def calibration(self) -> np.ndarray:
+        return self.x_train[:500]
+
+
+def load_data(limit: int | None = None) -> Data:
+    from tfcompress.datasets import fashion_mnist
+
+    (x_train, y_train), (x_test, y_test) = fashion_mnist()
+    if limit:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    return Data(x_train, y_train, x_test, y_test)
+
+
+def lenet(seed: int = 0):
+    import keras
+
+    from tfcompress.models import lenet5_caffe
+
+    keras.utils.set_random_seed(seed)
+    return lenet5_caffe()
+
+
+def compile_model(model, lr: float = 1e-3):
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def timed_fit(model, data: Data, epochs: int, batch_size: int = 128, callbacks=None) -> float:
+    """Seconds per epoch, the first epoch (tracing) excluded when there are several."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._start)
+
+    timer = EpochTimer()
+    model.fit(
+        data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=2,
+        callbacks=[*(callbacks or []), timer],
+    )
+    steady = timer.times[1:] or timer.times
+    return float(np.median(steady))
+
+
+def keras_accuracy(model, data: Data) -> float:
+    return float(model.evaluate(data.x_test, data.y_test, verbose=0, batch_size=1000)[1])
+
+
+_OUT = Path(tempfile.mkdtemp(prefix="tfcompress_bench_"))
+
+
+def export_row(name: str, model, data: Data, **extra) -> dict:
+    """Export ``model`` to full int8, measure it on LiteRT, count its parameters and MACs."""
+    from tfcompress.export import evaluate, to_tflite
+    from tfcompress.export.tflite_file import load_tflite
+    from tfcompress.metrics import summarize
+
+    path = _OUT / f"{name.replace(' ', '_').replace('/', '_').replace(':', '-')}.tflite"
+    report = to_tflite(model, path, "int8", representative_data=data.calibration)
+    summary = summarize(model)
+    stats = load_tflite(path).weight_stats()
+    row = {
+        "model": name,
+        "keras accuracy": round(keras_accuracy(model, data), 4),
+        "int8 accuracy (LiteRT)": round(evaluate(path, data.x_test, data.y_test).accuracy, 4),
+        "params": summary.params,
+        "non-zero params": summary.nonzero_params,
+        "MACs": summary.macs,
+        "int8 size (bytes)": report.size_bytes,
+        "int8 gzip (bytes)": report.gzip_size_bytes,
+        "int8 zero weights": stats["weight_zeros"],
+        "_path": str(path),
+    }
+    row.update(extra)
+    return row
+
+
+def add_latency(rows: list[dict], runs: int = 500, column: str = "p50 ms (1 thread)") -> None:
+    """Interleaved LiteRT latency of every row's file (1 thread, XNNPACK), ratio to the first."""
+    from tfcompress.export import benchmark
+
+    with_files = [r for r in rows if r.get("_path")]
+    report = benchmark([r["_path"] for r in with_files], runs=runs, warmup=50, threads=1)
+    for row, result in zip(with_files, report.results, strict=True):
+        row[column] = round(result.p50_ms, 4)
+        row["latency vs first"] = round(result.ratio_to_first, 3)
+
+
+def public(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

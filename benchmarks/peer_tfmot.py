@@ -1,0 +1,187 @@
+"""The tfmot peer rows, run under tf_keras (TF_USE_LEGACY_KERAS=1) in their own process.
+
+tensorflow-model-optimization works only with legacy tf_keras, so the benchmarks call this
+script as a subprocess with the same data (an .npz written by the parent), the same model,
+epochs, optimizer and schedule, and read one JSON object from its last stdout line.
+
+    TF_USE_LEGACY_KERAS=1 python benchmarks/peer_tfmot.py prune --data d.npz --out m.tflite ...
+    TF_USE_LEGACY_KERAS=1 python benchmarks/peer_tfmot.py qat --data d.npz --out m.tflite ...
+
+It is never imported by tfcompress: tfmot is a peer and a test reference, not our runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def lenet(tf_keras, seed: int):
+    tf_keras.utils.set_random_seed(seed)
+    layers = tf_keras.layers
+    return tf_keras.Sequential(
+        [
+            layers.InputLayer(input_shape=(28, 28, 1)),
+            layers.Conv2D(20, 5, activation="relu", name="conv1"),
+            layers.MaxPooling2D(2, name="pool1"),
+            layers.Conv2D(50, 5, activation="relu", name="conv2"),
+            layers.MaxPooling2D(2, name="pool2"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(500, activation="relu", name="fc1"),
+            layers.Dense(10, name="fc2"),
+        ],
+        name="lenet5_caffe",
+    )
+
+
+def compile_model(tf_keras, model, lr: float):
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(lr),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def timed_fit(tf_keras, model, x, y, epochs, batch_size, callbacks=()):
+    times: list[float] = []
+
+    class Timer(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=2, callbacks=[*callbacks, Timer()])
+    steady = times[1:] or times
+    return float(np.median(steady))
+
+
+def litert_accuracy(flatbuffer: bytes, x: np.ndarray, y: np.ndarray) -> float:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    correct = 0
+    for i in range(len(x)):
+        sample = x[i : i + 1]
+        if inp["dtype"] != np.float32:
+            sample = np.clip(np.round(sample / scale + zero), -128, 127).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], sample)
+        interpreter.invoke()
+        correct += int(np.argmax(interpreter.get_tensor(out["index"])[0]) == y[i])
+    return correct / len(x)
+
+
+def convert_int8(tf, model, calibration: np.ndarray) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # TF 2.21 asks for a representative dataset for int8 I/O even for a QAT graph; with
+    # fake-quant ops present the converter keeps their learned ranges for the activations.
+    def representative():
+        for i in range(len(calibration)):
+            yield [calibration[i : i + 1]]
+
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["prune", "qat"])
+    parser.add_argument("--data", required=True, help=".npz with x_train, y_train, x_test, y_test")
+    parser.add_argument("--out", required=True, help="where to write the int8 .tflite")
+    parser.add_argument("--pretrain-epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--end-fraction", type=float, default=0.6,
+                        help="pruning ends at this fraction of the fine-tuning steps")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    data = np.load(args.data)
+    x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    model = lenet(tf_keras, args.seed)
+    compile_model(tf_keras, model, args.lr)
+    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.pretrain_epochs, verbose=2)
+    weights = model.get_weights()
+
+    # Plain fine-tuning, for the overhead ratio (same process, same epochs).
+    plain = lenet(tf_keras, args.seed)
+    plain.set_weights(weights)
+    compile_model(tf_keras, plain, args.lr)
+    plain_seconds = timed_fit(tf_keras, plain, x_train, y_train, args.epochs, args.batch_size)
+
+    result: dict = {"tfmot": tfmot.__version__, "tf_keras": tf_keras.__version__,
+                    "plain_seconds_per_epoch": plain_seconds}
+    if args.mode == "prune":
+        steps = int(np.ceil(len(x_train) / args.batch_size)) * args.epochs
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            0.0, args.sparsity, begin_step=0, end_step=int(steps * args.end_fraction), frequency=100
+        )
+        wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+        compile_model(tf_keras, wrapped, args.lr)
+        seconds = timed_fit(tf_keras, wrapped, x_train, y_train, args.epochs, args.batch_size,
+                            [tfmot.sparsity.keras.UpdatePruningStep()])
+        final = tfmot.sparsity.keras.strip_pruning(wrapped)
+        compile_model(tf_keras, final, args.lr)
+        kernels = [w for w in final.get_weights() if w.ndim > 1]
+        result["kernel_sparsity"] = float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
+        result["nonzero_params"] = int(sum(np.count_nonzero(w) for w in final.get_weights()))
+    else:
+        final = tfmot.quantization.keras.quantize_model(model)
+        compile_model(tf_keras, final, args.lr)
+        seconds = timed_fit(tf_keras, final, x_train, y_train, args.epochs, args.batch_size)
+    result["seconds_per_epoch"] = seconds
+    result["overhead_vs_plain_fit"] = seconds / plain_seconds
+    result["keras_accuracy"] = float(final.evaluate(x_test, y_test, verbose=0, batch_size=1000)[1])
+    flatbuffer = convert_int8(tf, final, x_train[:500])
+    tmp = args.out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(flatbuffer)
+    os.replace(tmp, args.out)
+    result["int8_accuracy"] = litert_accuracy(flatbuffer, x_test, y_test)
+    result["path"] = args.out
+    print(json.dumps(result))
+
+
+def run_peer(mode: str, data, out: str, **options) -> dict:
+    """Run this script under tf_keras and return its JSON result (called by the benchmarks)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = os.path.join(tmp, "data.npz")
+        np.savez(npz, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
+        argv = [sys.executable, __file__, mode, "--data", npz, "--out", out]
+        for key, value in options.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"tfmot peer failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()

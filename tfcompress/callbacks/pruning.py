@@ -1,0 +1,62 @@
+"""`UpdatePruning`: advance the pruning step each batch and update masks when the schedule says so.
+
+tfmot's ``UpdatePruningStep`` under the name the tfcompress flow uses (the old name is an
+alias). The step is stored in every wrapper's ``pruning_step`` variable, so a model saved to
+``.keras`` or restored by ``BackupAndRestore`` resumes its schedule where it stopped.
+Masks are computed eagerly, between batches, at the schedule's frequency only: the compiled
+training step never changes and the per-batch cost is one small assignment per wrapped layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+from tfcompress.pruning import pruning_wrappers, update_masks
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class UpdatePruning(keras.callbacks.Callback):
+    """Keep the pruning step and the masks of a `tfcompress.prune` model up to date during `fit`.
+
+    Adds ``sparsity`` (fraction of zero kernel weights over all pruned layers) to the epoch logs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = 0
+        self._wrappers: list = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._wrappers = pruning_wrappers(self.model)
+        if not self._wrappers:
+            raise TfcompressError(
+                "UpdatePruning found no pruned layer in the model", self.model.name,
+                "wrap the model with tfcompress.prune(model, schedule=...) before fit",
+            )
+        self.step = int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step))
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        update_masks(self.model, self.step)
+        self.step += 1
+        for wrapper in self._wrappers:
+            wrapper.pruning_step.assign(self.step)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None and self._wrappers:
+            zeros = total = 0
+            for w in self._wrappers:
+                mask = keras.ops.convert_to_numpy(w.mask)
+                zeros += int(mask.size - np.count_nonzero(mask))
+                total += mask.size
+            logs["sparsity"] = zeros / max(total, 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+
+#: tfmot's name, for a find-and-replace migration.
+UpdatePruningStep = UpdatePruning
