@@ -39,8 +39,8 @@ def main() -> None:
     import numpy as np
 
     import tfcompress
-    from tfcompress.callbacks import UpdatePruning
-    from tfcompress.schedules import PolynomialDecay
+    from tfcompress.callbacks import SparseTraining, UpdatePruning, WeightRewinding
+    from tfcompress.schedules import ConstantSparsity, PolynomialDecay
 
     data = common.load_data(args.limit)
     steps_per_epoch = int(np.ceil(len(data.x_train) / args.batch_size))
@@ -62,12 +62,13 @@ def main() -> None:
     rows.append(common.export_row("dense", baseline, data, **{"s/epoch": round(plain_seconds, 2),
                                                                "train overhead": 1.0}))
 
-    def pruned_row(name, *, sparsity, granularity="weight", scope="layer", shrink=False, **prune_kwargs):
-        schedule = PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step, frequency=100)
+    def pruned_row(name, *, sparsity, granularity="weight", scope="layer", shrink=False, callbacks=None,
+                   schedule=None, **prune_kwargs):
+        schedule = schedule or PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step, frequency=100)
         model = tfcompress.prune(fresh(), schedule=schedule, granularity=granularity, scope=scope,
                                  **prune_kwargs)
         common.compile_model(model)
-        seconds = common.timed_fit(model, data, args.epochs, args.batch_size, [UpdatePruning()])
+        seconds = common.timed_fit(model, data, args.epochs, args.batch_size, callbacks or [UpdatePruning()])
         final = tfcompress.strip(model)
         if shrink:
             final = tfcompress.shrink(final)
@@ -81,6 +82,14 @@ def main() -> None:
     rows.append(pruned_row("2:4", sparsity=0.5, granularity="2:4"))
     rows.append(pruned_row("channels 50% + shrink", sparsity=0.5, granularity="channel", shrink=True))
     rows.append(pruned_row("channels 70% + shrink", sparsity=0.7, granularity="channel", shrink=True))
+    # Lottery ticket: prune to 90% over the first 60% of steps, rewind the survivors to the
+    # pre-trained weights (step 0 of this fit) and retrain them for the remaining 40%.
+    rows.append(pruned_row("lottery-ticket rewinding 90%", sparsity=0.9,
+                           callbacks=[UpdatePruning(), WeightRewinding(rewind_step=0)]))
+    # RigL: fixed 90% sparsity from the first step (ERK masks), connectivity updated every 100 steps.
+    rows.append(pruned_row("RigL 90% (ERK)", sparsity=0.9, schedule=ConstantSparsity(0.9, 0, 0), callbacks=[
+        SparseTraining("rigl", update_freq=100, total_steps=steps, distribution="erk",
+                       data=(data.x_train, data.y_train))]))
 
     if not args.skip_peer:
         from peer_tfmot import run_peer

@@ -1,3 +1,28 @@
-"""tfcompress: Keras 3 model compression with verified edge export."""
+"""tfcompress: Keras 3 model compression with verified edge export.
+
+Importing tfcompress registers every tfcompress layer, schedule and callback with Keras, so a
+model saved to ``.keras`` loads with ``keras.saving.load_model`` after ``import tfcompress``.
+Nothing is downloaded.
+"""
 
 __version__ = "0.1.0"
+
+from tfcompress import callbacks, datasets, errors, export, layers, metrics, models, schedules
+from tfcompress.pruning import prune, pruning_summary, strip
+from tfcompress.surgery import shrink
+
+__all__ = [
+    "__version__",
+    "callbacks",
+    "datasets",
+    "errors",
+    "export",
+    "layers",
+    "metrics",
+    "models",
+    "prune",
+    "pruning_summary",
+    "schedules",
+    "shrink",
+    "strip",
+]

@@ -1,0 +1,17 @@
+"""Keras callbacks: pruning schedules, KL annealing, Bayesian pruning."""
+
+from tfcompress.callbacks.kl_annealing import KLAnnealing
+from tfcompress.callbacks.pruning import UpdatePruning, UpdatePruningStep
+from tfcompress.callbacks.rewinding import LearningRateRewinding, WeightRewinding
+from tfcompress.callbacks.sparse_training import SparseTraining
+from tfcompress.callbacks.variational_pruning import VariationalPruning
+
+__all__ = [
+    "KLAnnealing",
+    "LearningRateRewinding",
+    "SparseTraining",
+    "UpdatePruning",
+    "UpdatePruningStep",
+    "VariationalPruning",
+    "WeightRewinding",
+]
