@@ -660,6 +660,13 @@ def update_masks(model, step: int, force_sparsity: float | None = None) -> dict[
             should, sparsity = True, force_sparsity
         if should:
             due.append((w, sparsity))
+    prepared: set[int] = set()
+    for w, _ in due:
+        criterion = w.criterion
+        if criterion.needs_statistics and id(criterion) not in prepared:
+            sharing = [v for v, _ in due if v.criterion is criterion]
+            criterion.prepare(model, sharing)
+            prepared.add(id(criterion))
     local = [(w, s) for w, s in due if w.scope == "layer" or w.kind == "n:m"]
     global_ = [(w, s) for w, s in due if w.scope == "global" and w.kind != "n:m"]
     new_masks = [(w, _layer_mask(w, s)) for w, s in local]

@@ -1,0 +1,149 @@
+"""Data-driven criteria against NumPy / finite-difference references; pruning at initialization."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcompress.criteria import (
+    OBD,
+    SNIP,
+    APoZ,
+    FLOPsTaylor,
+    GraSP,
+    MeanActivation,
+    Taylor,
+    prune_at_initialization,
+)
+from tfcompress.errors import TfcompressError
+from tfcompress.pruning import prune, pruning_wrappers, strip, update_masks
+from tfcompress.schedules import ConstantSparsity
+
+
+def model_and_data(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(5, 3, activation="relu", name="conv")(inp)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(7, activation="relu", name="fc")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(h))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(32, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, 32)
+    return model, x, y
+
+
+def prepared(criterion_cls, **kwargs):
+    model, x, y = model_and_data()
+    criterion = criterion_cls((x, y), num_batches=1, batch_size=32, **kwargs)
+    pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", criterion=criterion,
+                   layers={"conv": {}, "fc": {}})
+    pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    wrappers = pruning_wrappers(pruned)
+    criterion.prepare(pruned, wrappers)
+    return model, pruned, criterion, wrappers, x, y
+
+
+def reference_activations(model, x, y):
+    """Layer outputs and dL/d(output) computed on the plain model, per sample (NumPy)."""
+    probe = keras.Model(model.inputs, [model.get_layer("conv").output, model.get_layer("fc").output, model.output])
+    xs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        conv, fc, logits = probe(xs)
+        losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        total = tf.reduce_sum(losses)  # per-sample gradients of per-sample losses
+    g_conv, g_fc = tape.gradient(total, [conv, fc])
+    return {"conv": (conv.numpy(), g_conv.numpy()), "fc": (fc.numpy(), g_fc.numpy())}
+
+
+def test_activation_criteria_match_numpy():
+    model, pruned, criterion, wrappers, x, y = prepared(Taylor)
+    ref = reference_activations(model, x, y)
+    for w in wrappers:
+        a, g = ref[w.layer.name]
+        a2, g2 = a.reshape(len(a), -1, a.shape[-1]), g.reshape(len(g), -1, g.shape[-1])
+        np.testing.assert_allclose(criterion.channel_scores(w), np.abs(a2 * g2).mean(1).mean(0), rtol=1e-4, atol=1e-7)
+    for cls, expected in ((MeanActivation, lambda a: a.mean(1).mean(0)),
+                          (APoZ, lambda a: 1 - (a == 0).mean(1).mean(0))):
+        _, _, criterion, wrappers, _, _ = prepared(cls)
+        for w in wrappers:
+            a = ref[w.layer.name][0]
+            a2 = a.reshape(len(a), -1, a.shape[-1])
+            np.testing.assert_allclose(criterion.channel_scores(w), expected(a2), rtol=1e-5, atol=1e-7)
+
+
+def test_flops_regularized_saliency_subtracts_normalized_flops():
+    _, _, taylor, wrappers, _, _ = prepared(Taylor)
+    _, _, flops, wrappers2, _, _ = prepared(FLOPsTaylor, flops_weight=0.5)
+    macs_per_channel = {"conv": 4 * 4 * 9 * 2, "fc": 80}  # conv: 16 positions x 18 MACs; fc: 80 inputs
+    largest = max(macs_per_channel.values())
+    for w, w2 in zip(wrappers, wrappers2, strict=True):
+        np.testing.assert_allclose(flops.channel_scores(w2),
+                                   taylor.channel_scores(w) - 0.5 * macs_per_channel[w.layer.name] / largest,
+                                   rtol=1e-5, atol=1e-7)
+
+
+def weight_gradients(model, x, y):
+    kernels = [model.get_layer(n).kernel for n in ("conv", "fc")]
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x))
+    return [k.numpy() for k in kernels], [g.numpy() for g in tape.gradient(loss, [k.value for k in kernels])]
+
+
+def test_obd_and_snip_match_the_plain_model_gradients():
+    for cls, formula in ((OBD, lambda g, w: 0.5 * g**2 * w**2), (SNIP, lambda g, w: np.abs(g * w))):
+        model, pruned, criterion, wrappers, x, y = prepared(cls)
+        ws, gs = weight_gradients(model, x, y)
+        for wrapper, w, g in zip(wrappers, ws, gs, strict=True):
+            np.testing.assert_allclose(criterion.scores(wrapper), formula(g, w), rtol=1e-4, atol=1e-9)
+
+
+def test_grasp_hessian_gradient_product_matches_finite_differences():
+    model, pruned, criterion, wrappers, x, y = prepared(GraSP)
+    ws, gs = weight_gradients(model, x, y)
+    # H g by central differences of the gradient along g
+    eps = 1e-3
+    kernels = [model.get_layer(n).kernel for n in ("conv", "fc")]
+    norm = np.sqrt(sum((g**2).sum() for g in gs))
+    for k, w, g in zip(kernels, ws, gs, strict=True):
+        k.assign(w + eps * g / norm)
+    _, g_plus = weight_gradients(model, x, y)
+    for k, w, g in zip(kernels, ws, gs, strict=True):
+        k.assign(w - eps * g / norm)
+    _, g_minus = weight_gradients(model, x, y)
+    for wrapper, w, gp, gm in zip(wrappers, ws, g_plus, g_minus, strict=True):
+        hg = (gp - gm) / (2 * eps) * norm
+        np.testing.assert_allclose(criterion.scores(wrapper), w * hg, rtol=0.05, atol=1e-5)
+
+
+def test_criterion_drives_update_masks_and_needs_data():
+    model, x, y = model_and_data()
+    pruned = prune(model, ConstantSparsity(0.4, 0), granularity="channel", criterion=APoZ((x, y), num_batches=1),
+                   layers={"conv": {}, "fc": {}})
+    pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    update_masks(pruned, 0)
+    fc = pruned.get_layer("prune_low_magnitude_fc")
+    scores = fc.criterion.channel_scores(fc)
+    kept = fc.channel_mask_numpy()
+    assert kept.sum() == 7 - round(0.4 * 7)
+    assert scores[kept == 1].min() >= scores[kept == 0].max()
+    with pytest.raises(TfcompressError, match="needs training data"):
+        bad = prune(model, ConstantSparsity(0.4, 0), criterion="taylor", layers={"fc": {}})
+        bad.compile("sgd", "mse")
+        update_masks(bad, 0)
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_prune_at_initialization_sets_fixed_masks(method):
+    model, x, y = model_and_data()
+    pruned = prune_at_initialization(model, (x, y), 0.7, method)
+    masks = [keras.ops.convert_to_numpy(w.mask) for w in pruning_wrappers(pruned)]
+    total = sum(m.size for m in masks)
+    assert sum(int((m == 0).sum()) for m in masks) == round(0.7 * total)
+    update_masks(pruned, 1)  # the schedule has ended: nothing changes
+    for w, m in zip(pruning_wrappers(pruned), masks, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w.mask), m)
+    assert strip(pruned).count_params() == model.count_params()
