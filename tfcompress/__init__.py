@@ -7,13 +7,26 @@ Nothing is downloaded.
 
 __version__ = "0.1.0"
 
-from tfcompress import callbacks, datasets, errors, export, layers, metrics, models, schedules
+from tfcompress import (
+    callbacks,
+    criteria,
+    datasets,
+    errors,
+    export,
+    layers,
+    metrics,
+    models,
+    regularizers,
+    schedules,
+)
 from tfcompress.pruning import prune, pruning_summary, strip
+from tfcompress.qat import quantize
 from tfcompress.surgery import shrink
 
 __all__ = [
     "__version__",
     "callbacks",
+    "criteria",
     "datasets",
     "errors",
     "export",
@@ -22,6 +35,8 @@ __all__ = [
     "models",
     "prune",
     "pruning_summary",
+    "quantize",
+    "regularizers",
     "schedules",
     "shrink",
     "strip",

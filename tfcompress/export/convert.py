@@ -158,7 +158,11 @@ def _convert(model, quantization, samples, io_dtype, allow_float, batch_size) ->
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if allow_float:
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
-        converter.target_spec.supported_ops = ops
+        if samples is not None:
+            # (a QAT graph is integer through its fake-quant ops; the converter's check for a
+            # representative dataset does not see them when the op set is restricted, and
+            # to_tflite verifies the result is all int8 anyway)
+            converter.target_spec.supported_ops = ops
         io_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
@@ -248,7 +252,15 @@ def to_tflite(
 
     started = time.perf_counter()
     try:
-        flatbuffer = _convert(model, quantization, samples, io_dtype, allow_float_fallback, batch_size)
+        if uses_fake_quant(model):
+            # a QAT model is traced with float weights: the converter quantizes them per channel
+            # with the formula the fake quantization simulated (see tfcompress.qat)
+            from tfcompress.qat import export_mode
+
+            with export_mode():
+                flatbuffer = _convert(model, quantization, samples, io_dtype, allow_float_fallback, batch_size)
+        else:
+            flatbuffer = _convert(model, quantization, samples, io_dtype, allow_float_fallback, batch_size)
     except Exception as exc:
         if quantization == "int8" and not allow_float_fallback:
             # Find out which ops could not be made integer, to name them.
