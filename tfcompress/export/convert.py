@@ -118,6 +118,24 @@ def uses_fake_quant(model) -> bool:
     return any(getattr(layer, "tfcompress_fake_quant", False) for layer in _walk_layers(model))
 
 
+def _materialize(model):
+    """Replace layers whose weights are computed from other weights (binary, ternary, hashed)
+    by plain layers holding the computed weights, so the converter sees constants."""
+    layers = list(_walk_layers(model))
+    count = sum(1 for layer in layers if getattr(layer, "tfcompress_quantized_kernel", False)
+                and getattr(layer, "input_quantizer", None) is None)
+    count_hashed = sum(1 for layer in layers if getattr(layer, "tfcompress_hashed", False))
+    if count:
+        from tfcompress.layers.binary import materialize
+
+        model = materialize(model)
+    if count_hashed:
+        from tfcompress.layers.hashed import materialize as materialize_hashed
+
+        model = materialize_hashed(model)
+    return model, count + count_hashed
+
+
 def _walk_layers(model):
     for layer in getattr(model, "layers", []):
         yield layer
@@ -244,6 +262,9 @@ def to_tflite(
 
     samples = None
     notes: list[str] = []
+    model, materialized = _materialize(model)
+    if materialized:
+        notes.append(f"materialized {materialized} quantized/hashed layer(s) into plain Dense/Conv2D weights")
     if quantization == "int8":
         if representative_data is None and uses_fake_quant(model):
             notes.append("ranges taken from quantization-aware training (no calibration)")
