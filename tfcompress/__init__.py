@@ -16,9 +16,12 @@ from tfcompress import (
     layers,
     metrics,
     models,
+    packing,
+    quantizers,
     regularizers,
     schedules,
 )
+from tfcompress.clustering import cluster, deep_compression_size, strip_clustering
 from tfcompress.pruning import prune, pruning_summary, strip
 from tfcompress.qat import quantize
 from tfcompress.surgery import shrink
