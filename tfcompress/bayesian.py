@@ -1,0 +1,329 @@
+"""Bayesian structured pruning, model level: ``convert`` a trained model, read its ``structure``,
+``strip`` it to a plain Keras model that ``tfcompress.shrink`` cuts and ``to_tflite`` exports.
+
+Methods (the layers cite their papers and equations):
+
+=============  ==================================================================================
+``vcp``        every BatchNormalization becomes a `VariationalBatchNormalization` (Zhao et al.
+               2019); a Conv2D / Dense without one gets an identity-initialized one inserted
+               between it and its activation (so the function is unchanged at conversion).
+``slimming``   the same BN placement, with the `NetworkSlimming` L1 penalty on gamma
+               (Liu et al. 2017); channels with |gamma| below ``threshold`` are pruned.
+``dirichlet``  a `DirichletSwitch` after every Conv2D / Dense but the output layer (Adamczewski
+               and Park 2021); with ``freeze=True`` (default) only the switches train (step 2 of
+               the paper's algorithm).
+``sbp``        a `LogNormalDropout` after every Conv2D / Dense but the output layer (Neklyudov
+               et al. 2017).
+``sparse_vd``  Dense / Conv2D become `VariationalDense` / `VariationalConv2D` with the learned
+               kernel as the posterior mean (Molchanov et al. 2017).
+``bc``         Dense / Conv2D but the output layer become `BCDense` / `BCConv2D` (Louizos et al.
+               2017, group normal-Jeffreys).
+=============  ==================================================================================
+
+The KL terms are scaled by 1 / ``dataset_size`` (the number of training examples), so ``fit``
+minimizes the negative ELBO per example; pass ``len(x_train)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+from tfcompress.layers.bayesian_compression import BCConv2D, BCDense
+from tfcompress.layers.dirichlet import DirichletSwitch, freeze_all_but_switches
+from tfcompress.layers.lognormal import LogNormalDropout
+from tfcompress.layers.sparse_vd import VariationalConv2D, VariationalDense
+from tfcompress.layers.variational_bn import VariationalBatchNormalization
+from tfcompress.regularizers import NetworkSlimming
+
+logger = logging.getLogger("tfcompress")
+
+METHODS = ("vcp", "dirichlet", "sbp", "sparse_vd", "bc", "slimming")
+_PRODUCERS = (keras.layers.Conv2D, keras.layers.Dense)
+_BAYESIAN = (VariationalBatchNormalization, DirichletSwitch, LogNormalDropout, VariationalDense,
+             VariationalConv2D, BCDense, BCConv2D)
+
+for _cls in _BAYESIAN:  # shrink / strip recognise these
+    _cls.tfcompress_bayesian = True
+
+
+def _is_producer(layer) -> bool:
+    return isinstance(layer, _PRODUCERS) and not isinstance(
+        layer, keras.layers.DepthwiseConv2D | keras.layers.SeparableConv2D | keras.layers.Conv2DTranspose)
+
+
+def _identity_bn(channels: int, name: str, rank: int = 2, **kwargs) -> keras.layers.BatchNormalization:
+    bn = keras.layers.BatchNormalization(name=name, **kwargs)
+    bn.build((None,) * (rank - 1) + (channels,))
+    eps = bn.epsilon
+    bn.set_weights([np.ones(channels), np.zeros(channels), np.zeros(channels), np.full(channels, 1.0 - eps)])
+    return bn
+
+
+def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool | None = None,
+            slimming_strength: float = 1e-4, **layer_kwargs) -> keras.Model:
+    """The Bayesian counterpart of a trained Sequential / Functional model, keeping its weights.
+
+    Args:
+        model: the trained model.
+        method: one of ``"vcp"``, ``"dirichlet"``, ``"sbp"``, ``"sparse_vd"``, ``"bc"``, ``"slimming"``.
+        dataset_size: the number of training examples (the KL is divided by it).
+        layers: optional names of the Conv2D / Dense layers to make Bayesian (default: all).
+        freeze: Dirichlet only: train only the switches (default True).
+        slimming_strength: L1 strength on BN gammas for ``"slimming"``.
+        **layer_kwargs: passed to the Bayesian layers (``prior_stddev``, ``threshold``, ...).
+    """
+    from tfcompress.surgery import _graph
+
+    if method not in METHODS:
+        raise TfcompressError(f"unknown method {method!r}", "convert", f"use one of {METHODS}")
+    if not isinstance(model, keras.Model) or type(model).__name__ not in ("Functional", "Sequential"):
+        raise TfcompressError("convert needs a built Sequential or Functional model",
+                              getattr(model, "name", "model"), "build it with keras.Input")
+    nodes, inputs, outputs, tensors = _graph(model)
+    consumers: dict[int, list] = {}
+    for node in nodes:
+        for t in node.inputs:
+            consumers.setdefault(t, []).append(node)
+    output_layers = {id(tensors[t]._keras_history.operation) for t in outputs}
+    chosen = (lambda layer: True) if layers is None else (lambda layer: layer.name in layers)
+
+    new_tensors: dict[int, Any] = {}
+    new_inputs = []
+    for tid in inputs:
+        t = tensors[tid]
+        new = keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=t.name)
+        new_tensors[tid] = new
+        new_inputs.append(new)
+    bn_method = method in ("vcp", "slimming")
+
+    def make_bn(source_bn=None, channels=None, name=None, rank=2):
+        if method == "vcp":
+            if source_bn is not None:
+                return VariationalBatchNormalization.from_batch_normalization(source_bn, dataset_size, **layer_kwargs)
+            identity = _identity_bn(channels, name, rank)
+            return VariationalBatchNormalization.from_batch_normalization(identity, dataset_size, **layer_kwargs)
+        config = (source_bn.get_config() if source_bn is not None else {"name": name})
+        config["gamma_regularizer"] = NetworkSlimming(slimming_strength)
+        bn = keras.layers.BatchNormalization.from_config(config)
+        width = channels if channels else int(source_bn.moving_mean.shape[0])
+        bn.build((None,) * (rank - 1) + (width,))
+        bn.set_weights(source_bn.get_weights() if source_bn is not None else _identity_bn(width, "tmp").get_weights())
+        return bn
+
+    for node in nodes:
+        layer = node.layer
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        args = [new_tensors[t] for t in node.inputs]
+        x = args if len(args) > 1 else args[0]
+        is_output = id(layer) in output_layers
+        if bn_method and isinstance(layer, keras.layers.BatchNormalization):
+            bn = make_bn(source_bn=layer, rank=len(tensors[node.output].shape))
+            new_tensors[node.output] = bn(x)
+            continue
+        if _is_producer(layer) and chosen(layer) and not is_output:
+            config = layer.get_config()
+            activation = config.get("activation", "linear")
+            users = consumers.get(node.output, [])
+            followed_by_bn = len(users) == 1 and isinstance(users[0].layer, keras.layers.BatchNormalization)
+            if bn_method and not followed_by_bn:
+                config["activation"] = "linear"
+                fresh = layer.__class__.from_config(config)
+                out = fresh(x)
+                fresh.set_weights(layer.get_weights())
+                channels = int(layer.get_weights()[0].shape[-1])
+                out = make_bn(channels=channels, name=f"{layer.name}_bn", rank=len(out.shape))(out)
+                out = keras.layers.Activation(activation, name=f"{layer.name}_activation")(out)
+                new_tensors[node.output] = out
+                continue
+            if method in ("sparse_vd", "bc"):
+                cls = {("sparse_vd", True): VariationalDense, ("sparse_vd", False): VariationalConv2D,
+                       ("bc", True): BCDense, ("bc", False): BCConv2D}[(method, isinstance(layer, keras.layers.Dense))]
+                common = {"dataset_size": dataset_size, "activation": activation,
+                          "use_bias": config.get("use_bias", True), "name": layer.name, **layer_kwargs}
+                if isinstance(layer, keras.layers.Dense):
+                    new_layer = cls(layer.units, **common)
+                else:
+                    new_layer = cls(layer.filters, layer.kernel_size, strides=layer.strides,
+                                    padding=layer.padding, **common)
+                out = new_layer(x)
+                weights = layer.get_weights()
+                new_layer.kernel.assign(weights[0])
+                if len(weights) > 1 and new_layer.bias is not None:
+                    new_layer.bias.assign(weights[1])
+                new_tensors[node.output] = out
+                continue
+            fresh = layer.__class__.from_config(config)
+            out = fresh(x)
+            fresh.set_weights(layer.get_weights())
+            if method in ("dirichlet", "sbp") and not (followed_by_bn):
+                switch = (DirichletSwitch(dataset_size=dataset_size, name=f"{layer.name}_switch", **layer_kwargs)
+                          if method == "dirichlet" else
+                          LogNormalDropout(dataset_size=dataset_size, name=f"{layer.name}_sbp", **layer_kwargs))
+                out = switch(out)
+            new_tensors[node.output] = out
+            continue
+        if method in ("dirichlet", "sbp") and isinstance(layer, keras.layers.BatchNormalization):
+            # the switch goes after the BatchNormalization that follows a producer
+            producer = tensors[node.inputs[0]]._keras_history.operation
+            fresh = layer.__class__.from_config(layer.get_config())
+            out = fresh(x)
+            fresh.set_weights(layer.get_weights())
+            if _is_producer(producer) and chosen(producer) and id(producer) not in output_layers:
+                switch = (DirichletSwitch(dataset_size=dataset_size, name=f"{producer.name}_switch", **layer_kwargs)
+                          if method == "dirichlet" else
+                          LogNormalDropout(dataset_size=dataset_size, name=f"{producer.name}_sbp", **layer_kwargs))
+                out = switch(out)
+            new_tensors[node.output] = out
+            continue
+        fresh = layer.__class__.from_config(layer.get_config())
+        out = fresh(x)
+        if layer.weights:
+            fresh.set_weights(layer.get_weights())
+        new_tensors[node.output] = out
+    new_outputs = [new_tensors[t] for t in outputs]
+    converted = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs,
+                            new_outputs[0] if len(new_outputs) == 1 else new_outputs, name=f"{model.name}_{method}")
+    if method == "dirichlet" and (freeze is None or freeze):
+        freeze_all_but_switches(converted)
+    return converted
+
+
+def _slimming_keep(bn, threshold: float) -> np.ndarray:
+    return np.abs(keras.ops.convert_to_numpy(bn.gamma)) > threshold
+
+
+def structure(model, *, slimming_threshold: float | None = None) -> dict[str, dict[str, Any]]:
+    """The channels each Bayesian layer keeps: ``{layer: {"kept", "total", "keep_mask"}}``.
+
+    For a ``slimming`` model (plain BatchNormalization with a NetworkSlimming penalty), pass
+    ``slimming_threshold``: channels with |gamma| at or below it are dropped.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for layer in model.layers:
+        keep = None
+        if isinstance(layer, _BAYESIAN):
+            keep = layer.keep_mask()
+        elif (slimming_threshold is not None and isinstance(layer, keras.layers.BatchNormalization)
+              and isinstance(layer.gamma_regularizer, NetworkSlimming)):
+            keep = _slimming_keep(layer, slimming_threshold)
+        if keep is not None:
+            keep = np.asarray(keep, bool)
+            out[layer.name] = {"kept": int(keep.sum()), "total": int(keep.size), "keep_mask": keep.tolist()}
+    return out
+
+
+def _producer_of(layer):
+    node = layer._inbound_nodes[0]
+    return node.parent_nodes[0].operation if node.parent_nodes else None
+
+
+def strip(model, *, slimming_threshold: float | None = None) -> keras.Model:
+    """A plain Keras model computing the Bayesian model's inference function.
+
+    VCP BN -> BatchNormalization (masked channels 0); switches / SBP gates -> folded into the
+    preceding Conv2D / Dense kernel and bias (their factors are >= 0, and ReLU / linear
+    activations commute with them); sparse VD / BC layers -> Dense / Conv2D with their
+    posterior-mean weights. Every dropped channel ends with an all-zero kernel slice and bias
+    (and zero BN gamma / beta), so `tfcompress.shrink` removes it.
+    """
+    from tfcompress.surgery import _graph
+
+    nodes, inputs, outputs, tensors = _graph(model)
+    new_tensors: dict[int, Any] = {}
+    new_inputs = []
+    for tid in inputs:
+        t = tensors[tid]
+        new = keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=t.name)
+        new_tensors[tid] = new
+        new_inputs.append(new)
+    # channel factors to fold into producers: producer name -> per-channel factor
+    factors: dict[str, np.ndarray] = {}
+    for node in nodes:
+        layer = node.layer
+        if isinstance(layer, DirichletSwitch | LogNormalDropout):
+            source = _producer_of(layer)
+            if isinstance(source, keras.layers.BatchNormalization):
+                source_bn = source
+                source = _producer_of(source)
+                factors[source_bn.name] = layer.channel_scale()
+            elif not _is_producer(source) or getattr(source.activation, "__name__", "linear") not in ("relu", "linear"):
+                raise TfcompressError(f"{layer.name} does not follow a Conv2D / Dense with a ReLU or linear activation",
+                                      layer.name, "place switches right after such layers")
+            else:
+                factors[source.name] = layer.channel_scale()
+        if isinstance(layer, VariationalBatchNormalization) or (
+                slimming_threshold is not None and isinstance(layer, keras.layers.BatchNormalization)
+                and isinstance(getattr(layer, "gamma_regularizer", None), NetworkSlimming)):
+            keep = layer.keep_mask() if isinstance(layer, VariationalBatchNormalization) else \
+                _slimming_keep(layer, slimming_threshold)
+            source = _producer_of(layer)
+            if _is_producer(source):
+                factors.setdefault(source.name, np.ones(keep.size))
+                factors[source.name] = factors[source.name] * keep
+    built = []
+    for node in nodes:
+        layer = node.layer
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        args = [new_tensors[t] for t in node.inputs]
+        x = args if len(args) > 1 else args[0]
+        if isinstance(layer, DirichletSwitch | LogNormalDropout):
+            new_tensors[node.output] = x  # folded into the producer
+            continue
+        if isinstance(layer, VariationalBatchNormalization):
+            new = layer.to_batch_normalization()
+            weights = new.get_weights()
+        elif isinstance(layer, VariationalDense | VariationalConv2D | BCDense | BCConv2D):
+            dense = isinstance(layer, VariationalDense | BCDense)
+            config = {"name": layer.name, "activation": keras.activations.serialize(layer.activation),
+                      "use_bias": True}
+            if dense:
+                new = keras.layers.Dense(layer.units, **config)
+            else:
+                new = keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
+                                          padding=layer.padding, **config)
+            if isinstance(layer, BCDense | BCConv2D):
+                weights = layer.deterministic_weights()
+            else:
+                mask = np.asarray(layer.mask.numpy())
+                kernel = keras.ops.convert_to_numpy(layer.sparse_kernel()) * mask
+                bias = keras.ops.convert_to_numpy(layer.bias) * mask if layer.use_bias else np.zeros(mask.shape)
+                weights = [kernel, bias]
+        else:
+            new = layer.__class__.from_config(layer.get_config())
+            if isinstance(new, keras.layers.BatchNormalization) and new.gamma_regularizer is not None:
+                new.gamma_regularizer = None
+            weights = layer.get_weights()
+        out = new(x)
+        if new.weights:
+            if layer.name in factors and _is_producer(layer):
+                factor = factors[layer.name]
+                weights = [weights[0] * factor] + ([weights[1] * factor] if len(weights) > 1 else [])
+            elif layer.name in factors and isinstance(layer, keras.layers.BatchNormalization):
+                factor = factors[layer.name]  # a switch after BN: scale gamma and beta
+                weights = [weights[0] * factor, weights[1] * factor, *weights[2:]]
+            new.set_weights(weights)
+        built.append(new)
+        new_tensors[node.output] = out
+    # zero the producer channels whose BN output is forced to zero, so shrink sees them dead
+    by_name = {layer.name: layer for layer in built}
+    for layer in built:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta = layer.get_weights()[:2]
+            dead = (gamma == 0) & (beta == 0)
+            source = _producer_of(layer)
+            if dead.any() and source is not None and source.name in by_name and _is_producer(by_name[source.name]):
+                w = by_name[source.name].get_weights()
+                w[0][..., dead] = 0
+                if len(w) > 1:
+                    w[1][dead] = 0
+                by_name[source.name].set_weights(w)
+    new_outputs = [new_tensors[t] for t in outputs]
+    return keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs,
+                       new_outputs[0] if len(new_outputs) == 1 else new_outputs, name=model.name)
