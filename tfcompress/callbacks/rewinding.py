@@ -92,10 +92,15 @@ class WeightRewinding(keras.callbacks.Callback):
         for variable, value in zip(self.model.trainable_variables, self._saved, strict=True):
             mask = masks.get(id(variable))
             variable.assign(value * mask if mask is not None else value)
-        if self.reset_optimizer and self.model.optimizer is not None:
-            for v in self.model.optimizer.variables:
-                if v is not self.model.optimizer.iterations and "iteration" not in v.path:
-                    v.assign(np.zeros(v.shape, dtype=v.dtype))
+        optimizer = self.model.optimizer
+        if self.reset_optimizer and optimizer is not None:
+            # reset the slots (moments), never the step counter or the learning rate
+            keep = {id(optimizer.iterations), id(getattr(optimizer, "_learning_rate", None))}
+            for v in optimizer.variables:
+                name = v.path.split("/")[-1]
+                if id(v) in keep or "iteration" in name or "learning_rate" in name:
+                    continue
+                v.assign(np.zeros(v.shape, dtype=v.dtype))
         self.rewound = True
 
     def get_config(self) -> dict[str, Any]:
