@@ -22,7 +22,12 @@ def test_demo_runs_the_whole_road_on_digits(tmp_path):
     assert abs(result["tflite_int8_accuracy"] - result["keras_accuracy"]) <= 0.02
     assert result["int8_size_ratio"] < 0.35
     written = {p.name for p in (tmp_path / "demo").rglob("*") if p.is_file()}
-    assert {"model.keras", "model_float32.tflite", "model_int8.tflite", "results.json",
+    assert {"model.keras", "model_float32.tflite", "model_int8.tflite", "results.json", "model_pruned_qat_int8.tflite",
             "model_model_data.cc", "model_model_data.h", "model_op_resolver.h"} <= written
     assert json.loads((tmp_path / "demo" / "results.json").read_text()) == result
+    compressed = result["compressed"]  # prune channels + shrink + QAT, exported from the learned ranges
+    assert compressed["macs"] < result["macs"] and compressed["macs_ratio"] > 1.5
+    assert compressed["int8_coverage"] == 1.0 and compressed["tflm_max_diff_lsb"] <= 1
+    assert compressed["int8_top1_agreement_with_qat"] >= 0.97
+    assert compressed["tflite_int8_accuracy"] > 0.7
     assert any("TFLite Micro" in m for m in messages) and "PASS" in messages[-1]
