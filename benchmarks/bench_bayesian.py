@@ -47,6 +47,7 @@ def main() -> None:
 
     import tfcompress
     from tfcompress import bayesian
+    from tfcompress.batchnorm import recalibrate_batchnorm
     from tfcompress.callbacks import KLAnnealing, UpdatePruning, VariationalPruning
     from tfcompress.schedules import PolynomialDecay
 
@@ -97,6 +98,9 @@ def main() -> None:
         model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2,
                   callbacks=callbacks)
         seconds = round(time.perf_counter() - started)
+        if method in ("vcp", "slimming"):
+            # the BN layers inserted into LeNet start with identity statistics: set them to the data's
+            recalibrate_batchnorm(model, data.x_train[:1000])
         threshold = 1e-2 if method == "slimming" else None
         plain = bayesian.strip(model, slimming_threshold=threshold)
         small, report = tfcompress.shrink(plain, return_report=True)

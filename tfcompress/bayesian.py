@@ -57,7 +57,8 @@ def _is_producer(layer) -> bool:
 
 
 def _identity_bn(channels: int, name: str, rank: int = 2, **kwargs) -> keras.layers.BatchNormalization:
-    bn = keras.layers.BatchNormalization(name=name, **kwargs)
+    # momentum 0.9: an inserted BN has no statistics yet and should learn them quickly
+    bn = keras.layers.BatchNormalization(name=name, momentum=0.9, **kwargs)
     bn.build((None,) * (rank - 1) + (channels,))
     eps = bn.epsilon
     bn.set_weights([np.ones(channels), np.zeros(channels), np.zeros(channels), np.full(channels, 1.0 - eps)])
@@ -107,7 +108,7 @@ def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool 
                 return VariationalBatchNormalization.from_batch_normalization(source_bn, dataset_size, **layer_kwargs)
             identity = _identity_bn(channels, name, rank)
             return VariationalBatchNormalization.from_batch_normalization(identity, dataset_size, **layer_kwargs)
-        config = (source_bn.get_config() if source_bn is not None else {"name": name})
+        config = (source_bn.get_config() if source_bn is not None else {"name": name, "momentum": 0.9})
         config["gamma_regularizer"] = NetworkSlimming(slimming_strength)
         bn = keras.layers.BatchNormalization.from_config(config)
         width = channels if channels else int(source_bn.moving_mean.shape[0])
