@@ -1,51 +1,62 @@
 """tfcompress: Keras 3 model compression with verified edge export.
 
-Importing tfcompress registers every tfcompress layer, schedule and callback with Keras, so a
-model saved to ``.keras`` loads with ``keras.saving.load_model`` after ``import tfcompress``.
-Nothing is downloaded.
+Importing tfcompress registers every tfcompress layer, quantizer, schedule, regularizer and
+callback with Keras, so a model saved to ``.keras`` loads with ``keras.saving.load_model``
+after ``import tfcompress``. Nothing is downloaded.
+
+The ``tfcompress`` command imports the package without TensorFlow (``inspect``, ``bench``,
+``micro`` and ``edgetpu`` only read flatbuffers and run interpreters); the public names below
+are then imported on first use.
 """
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
-from tfcompress import (
-    callbacks,
-    criteria,
-    datasets,
-    errors,
-    export,
-    layers,
-    metrics,
-    models,
-    packing,
-    quantizers,
-    regularizers,
-    schedules,
+_SUBMODULES = (
+    "bayesian", "callbacks", "clustering", "criteria", "datasets", "errors", "export", "layers", "metrics",
+    "models", "packing", "pruning", "qat", "quantizers", "regularizers", "schedules", "surgery",
 )
-from tfcompress.clustering import cluster, deep_compression_size, strip_clustering
-from tfcompress.pruning import prune, pruning_summary, strip
-from tfcompress.qat import quantize
-from tfcompress.surgery import shrink
+_FUNCTIONS = {
+    "prune": "tfcompress.pruning",
+    "strip": "tfcompress.pruning",
+    "pruning_summary": "tfcompress.pruning",
+    "shrink": "tfcompress.surgery",
+    "quantize": "tfcompress.qat",
+    "cluster": "tfcompress.clustering",
+    "strip_clustering": "tfcompress.clustering",
+    "deep_compression_size": "tfcompress.clustering",
+}
+# Modules whose import registers Keras-serializable classes.
+_REGISTERING = ("layers", "callbacks", "schedules", "criteria", "regularizers", "quantizers", "bayesian",
+                "clustering", "qat")
 
-__all__ = [
-    "__version__",
-    "callbacks",
-    "cluster",
-    "criteria",
-    "datasets",
-    "deep_compression_size",
-    "errors",
-    "export",
-    "layers",
-    "metrics",
-    "models",
-    "packing",
-    "prune",
-    "pruning_summary",
-    "quantize",
-    "quantizers",
-    "regularizers",
-    "schedules",
-    "shrink",
-    "strip",
-    "strip_clustering",
-]
+__all__ = ["__version__", *sorted(_SUBMODULES), *sorted(_FUNCTIONS)]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tfcompress.{name}")
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
+    raise AttributeError(f"module 'tfcompress' has no attribute {name!r}")
+
+
+def register_all() -> None:
+    """Import every module that registers Keras-serializable tfcompress objects."""
+    for name in _REGISTERING:
+        importlib.import_module(f"tfcompress.{name}")
+
+
+def _invoked_as_command() -> bool:
+    # the console script, or `python -m tfcompress.cli` (argv[0] is "-m" while runpy imports us)
+    first = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return first in ("tfcompress", "tfcompress.exe", "-m")
+
+
+if not _invoked_as_command():
+    register_all()

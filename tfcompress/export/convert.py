@@ -103,6 +103,8 @@ def load_keras_model(path: str | os.PathLike):
             str(p),
             "save the model with model.save('model.keras') (Keras 3 format)",
         )
+
+    tfcompress.register_all()  # the tfcompress layers a saved model may use
     try:
         return keras.saving.load_model(p)
     except Exception as exc:
