@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 RESULTS_MD = HERE / "RESULTS.md"
+SMOKE_DIR = HERE / "out" / "smoke"
 PACKAGES = (
     "tfcompress", "tensorflow", "keras", "tensorflow-probability", "ai-edge-litert", "tflite-micro",
     "numpy", "tf-keras", "tensorflow-model-optimization", "larq",
@@ -56,7 +57,9 @@ def record(name: str, title: str, columns: list[str], rows: list[dict], notes: l
     """Write benchmarks/results/NAME.json and re-render RESULTS.md."""
     from tfcompress._io import write_text_atomic
 
-    RESULTS_DIR.mkdir(exist_ok=True)
+    smoke = is_smoke_run()
+    out_dir = SMOKE_DIR if smoke else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "name": name,
         "title": title,
@@ -69,10 +72,20 @@ def record(name: str, title: str, columns: list[str], rows: list[dict], notes: l
         "notes": notes or [],
         "extra": extra or {},
     }
-    path = RESULTS_DIR / f"{name}.json"
+    path = out_dir / f"{name}.json"
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
-    render()
+    if smoke:
+        # a smoke run (--limit) checks that a script runs; its numbers never reach RESULTS.md
+        print(f"smoke run: results written to {path}, RESULTS.md left alone")
+    else:
+        render()
     return path
+
+
+def is_smoke_run(argv: list[str] | None = None) -> bool:
+    """A run on a subset of the data (``--limit N``) is a smoke run, not a result."""
+    argv = sys.argv[1:] if argv is None else argv
+    return any(a == "--limit" or a.startswith("--limit=") for a in argv)
 
 
 def _cell(value) -> str:

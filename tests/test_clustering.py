@@ -104,7 +104,11 @@ def test_deep_compression_size_counts_a_known_layer():
     size = deep_compression_size(model).layers["fc"]
     # non-zeros at flat positions 0, 3, 4, 7: gaps 1, 3, 1, 3 -> Huffman 1 bit each = 4 bits;
     # cluster symbols {0.5: 3, -0.5: 1} -> 1 bit each = 4 bits; codebook 2 x 32 bits
-    assert size == {"nonzero": 4, "clusters": 2, "bytes": math.ceil((4 + 4 + 64) / 8)}
+    assert (size.nonzero, size.clusters, size.layout, size.values) == (4, 2, "sparse", "codebook")
+    assert (size.position_bits, size.index_bits, size.codebook_bits) == (4, 4, 64)
+    assert size.bytes == math.ceil((4 + 4 + 64) / 8)
+    # the dense layout would cost more: symbols {0: 4, 0.5: 3, -0.5: 1} -> Huffman 1, 2, 2 bits
+    assert 4 * 1 + 3 * 2 + 1 * 2 + 64 > 4 + 4 + 64
     assert deep_compression_size(cluster(small(), 4)).total_bytes < 4 * small().count_params()
 
 

@@ -78,23 +78,51 @@ def test_sequential_lenet_with_bn_and_flatten_into_dense():
     assert report.macs_after < report.macs_before
 
 
-def test_nonzero_batchnorm_shift_keeps_the_channel_exactly():
+def test_dead_channel_after_batchnorm_shift_is_folded_into_the_reader():
     model = lenet_like()
-    randomize_bn(model)  # beta != 0: a zero conv channel becomes a constant after BN
+    randomize_bn(model)  # beta != 0: a zero conv channel becomes a non-zero constant after BN
     zero_channels(model.get_layer("c1"), [1])
+    c2_bias = model.get_layer("c2").get_weights()[1].copy()
     small, report = shrink(model, return_report=True)
-    assert report.channels["c1"] == (6, 6)
+    # c2 reads it with padding="valid": the constant folds exactly into c2's bias
+    assert report.channels["c1"] == (6, 5)
+    assert any("folded" in n and "c2" in n for n in report.notes)
+    # independent check of the fold: bias += BN(relu(0)) of channel 1 * sum of c2's kernel slice
+    gamma, beta, mean, var = model.get_layer("bn1").get_weights()
+    eps = model.get_layer("bn1").epsilon
+    constant = gamma[1] * (0.0 - mean[1]) / np.sqrt(var[1] + eps) + beta[1]
+    kernel = model.get_layer("c2").get_weights()[0]
+    np.testing.assert_allclose(small.get_layer("c2").get_weights()[1],
+                               c2_bias + constant * kernel[:, :, 1, :].sum(axis=(0, 1)), rtol=1e-5)
     assert_same(small, model, inputs_for(model))
 
 
-def test_dead_channel_with_nonzero_bias_is_kept_and_noted():
+def test_constant_channel_read_with_same_padding_is_kept_and_noted():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((16, 16, 1)),
+        keras.layers.Conv2D(6, 3, activation="relu", name="c1"),
+        keras.layers.BatchNormalization(name="bn1"),
+        keras.layers.Conv2D(5, 3, padding="same", name="c2"),  # zero borders: not a constant
+        keras.layers.Flatten(),
+        keras.layers.Dense(3, name="out"),
+    ])
+    randomize_bn(model)
+    zero_channels(model.get_layer("c1"), [1])
+    small, report = shrink(model, return_report=True)
+    assert report.channels["c1"] == (6, 6)
+    assert any("padding='same'" in n and "kept" in n for n in report.notes)
+    assert_same(small, model, inputs_for(model))
+
+
+def test_dead_unit_with_nonzero_bias_is_folded_into_the_next_dense():
     model = lenet_like()
     weights = model.get_layer("fc").get_weights()
     weights[0][:, 3] = 0
-    weights[1][3] = 0.5
+    weights[1][3] = 0.5  # relu(0.5) = 0.5 reaches "out" as a constant
     model.get_layer("fc").set_weights(weights)
     small, report = shrink(model, return_report=True)
-    assert report.channels["fc"] == (20, 20) and any("non-zero bias" in n for n in report.notes)
+    assert report.channels["fc"] == (20, 19) and any("out" in n and "folded" in n for n in report.notes)
     assert_same(small, model, inputs_for(model))
 
 
@@ -176,3 +204,36 @@ def test_prune_strip_shrink_export_int8(tmp_path):
     export = to_tflite(small, out, "int8", representative_data=x)
     assert export.int8_coverage == 1.0
     assert agreement(small, out, x).top1_agreement >= 0.9
+
+
+def test_nested_model_is_inlined_and_shrunk():
+    keras.utils.set_random_seed(2)
+    block = keras.Sequential([keras.Input((8, 8, 4)),
+                              keras.layers.Conv2D(6, 3, activation="relu", name="inner"),
+                              keras.layers.MaxPooling2D()], name="block")
+    inp = keras.Input((10, 10, 2))
+    h = keras.layers.Conv2D(4, 3, name="stem")(inp)
+    h = block(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(h))
+    zero_channels(model.get_layer("stem"), [2])
+    zero_channels(block.get_layer("inner"), [0, 5])
+    small, report = shrink(model, return_report=True)
+    assert report.channels["stem"] == (4, 3) and report.channels["inner"] == (6, 4)
+    assert not any(isinstance(layer, keras.Model) for layer in small.layers)
+    assert_same(small, model, inputs_for(model))
+
+
+def test_conv1d_and_separable_conv1d():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((20, 3))
+    h = keras.layers.Conv1D(8, 3, activation="relu", name="c")(inp)
+    h = keras.layers.SeparableConv1D(6, 3, name="sep")(h)
+    h = keras.layers.GlobalMaxPooling1D()(h)
+    model = keras.Model(inp, keras.layers.Dense(2, name="out")(h))
+    zero_channels(model.get_layer("c"), [1, 4, 7])
+    zero_channels(model.get_layer("sep"), [0], kernel_index=1)
+    small, report = shrink(model, return_report=True)
+    assert report.channels["c"] == (8, 5) and report.channels["sep"] == (6, 5)
+    assert small.get_layer("sep").get_weights()[0].shape[1] == 5  # depthwise part follows c
+    assert_same(small, model, inputs_for(model))

@@ -1,25 +1,36 @@
 """Weight clustering (weight sharing) and the Deep Compression size estimate.
 
-``cluster(model, n_clusters)`` follows Han, Mao and Dally, ICLR 2016, "Deep Compression", sec. 3:
-each kernel's weights are grouped by k-means (Lloyd's algorithm; linear initialization between
-min and max, the paper's best, or k-means++ / density), every weight is replaced by its cluster
-centroid, and fine-tuning trains the centroids: the gradient of a centroid is the sum of the
-gradients of the weights in its cluster (eq. 3), which ``gather`` gives. The assignment is
-fixed after clustering, as in the paper. With ``preserve_sparsity`` the zeros of a pruned
-kernel are not clustered and stay exactly 0 (tfmot's sparsity-preserving clustering).
+Han, Mao and Dally, ICLR 2016, "Deep Compression: Compressing Deep Neural Networks with Pruning,
+Trained Quantization and Huffman Coding".
 
-``deep_compression_size`` estimates the paper's storage (sec. 2-4): non-zero weights in a
-sparse format with relative indices (8 bits for convolutions, 5 for dense layers, a filler
-entry where a gap does not fit), cluster indices and relative indices Huffman-coded (code
-lengths from their histograms), a float32 codebook per layer, float32 biases.
+``cluster(model, n_clusters)`` follows sec. 3 (names as tfmot's ``cluster_weights``:
+``ClusterWeights``, ``strip_clustering``): the weights of each kernel are partitioned by 1-D
+k-means (eq. 1, Lloyd's algorithm), initialised linearly between min and max (sec. 3.2, the
+paper's best), on the CDF ("density") or by k-means++; every weight is replaced by its
+centroid, ``W = C[I]``, and fine-tuning trains the centroids: the gradient of a centroid is
+the sum of the gradients of the weights in its cluster (eq. 3,
+``dL/dC_k = sum_ij dL/dW_ij 1(I_ij = k)``), which ``gather`` gives. The assignment ``I`` is
+fixed after clustering, as in the paper. With ``preserve_sparsity`` the zeros of a pruned
+kernel are left out of the k-means and held at exactly 0 by a fixed mask (tfmot's
+sparsity-preserving clustering), so a pruned model stays as sparse.
+
+``deep_compression_size`` estimates the paper's storage (sec. 2-4): the non-zero weights in a
+sparse format with relative indices (sec. 2, Fig. 2: a gap is stored in ``b`` bits, 8 for
+convolutions and 5 for dense layers, and a filler zero is inserted where a gap exceeds
+``2**b``), the cluster indices and the relative indices Huffman-coded from their histograms
+(sec. 4), and a codebook of 32-bit centroids per layer (sec. 3.3); biases and other
+parameters stay float32. For each layer the cheaper of the sparse and the dense layout, and of
+a codebook and raw values, is counted.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
+import os
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -28,95 +39,144 @@ import numpy as np
 from tfcompress.errors import TfcompressError
 
 CLUSTERABLE = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+INITS = ("linear", "kmeans++", "density")
+# the paper's relative-index widths (sec. 2): 8 bits for convolutions, 5 for dense layers
+DEFAULT_INDEX_BITS = {"conv": 8, "dense": 5}
 
 
-def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", iterations: int = 30,
+def _check_init(init: str, where: str) -> None:
+    if init not in INITS:
+        raise TfcompressError(f"unknown init {init!r}", where,
+                              "use init='linear', 'kmeans++' or 'density'")
+
+
+def _initial_centroids(values: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
+    """Sorted initial centroids (Han et al. 2016, sec. 3.2; Arthur and Vassilvitskii 2007)."""
+    if init == "linear":  # linearly spaced between min and max
+        return np.linspace(values.min(), values.max(), k)
+    if init == "density":  # linearly spaced on the CDF
+        return np.quantile(values, (np.arange(k) + 0.5) / k)
+    rng = np.random.default_rng(seed)  # k-means++: D^2 sampling
+    centroids = [values[rng.integers(values.size)]]
+    d2 = (values - centroids[0]) ** 2
+    for _ in range(1, k):
+        total = d2.sum()
+        chosen = values[rng.choice(values.size, p=d2 / total)] if total > 0 else values[0]
+        centroids.append(chosen)
+        d2 = np.minimum(d2, (values - chosen) ** 2)
+    return np.sort(np.asarray(centroids))
+
+
+def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", iterations: int = 100,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's algorithm on scalars: (centroids, assignment)."""
+    """Lloyd's algorithm on scalars (Han et al. 2016, eq. 1): ``(centroids, assignment)``.
+
+    Minimises ``sum_i sum_{w in c_i} |w - c_i|^2``. Centroids are sorted (1-D Lloyd keeps the
+    order of a sorted initialisation); ``k`` is lowered to the number of distinct values. A
+    weight goes to its nearest centroid (the lower one on a tie); an empty cluster keeps its
+    centroid. Stops when the assignment no longer changes or after ``iterations`` updates.
+    """
+    _check_init(init, "kmeans_1d")
     values = np.asarray(values, np.float64).reshape(-1)
     if values.size == 0:
-        return np.zeros(k), np.zeros(0, np.int32)
-    k = min(k, np.unique(values).size)
-    if init == "linear":
-        centroids = np.linspace(values.min(), values.max(), k)
-    elif init == "density":
-        centroids = np.quantile(values, (np.arange(k) + 0.5) / k)
-    elif init == "kmeans++":
-        rng = np.random.default_rng(seed)
-        centroids = [values[rng.integers(values.size)]]
-        for _ in range(1, k):
-            d2 = np.min((values[:, None] - np.array(centroids)[None]) ** 2, axis=1)
-            centroids.append(values[rng.choice(values.size, p=d2 / d2.sum())] if d2.sum() > 0 else values[0])
-        centroids = np.sort(np.array(centroids))
-    else:
-        raise TfcompressError(f"unknown init {init!r}", "cluster", "use 'linear', 'density' or 'kmeans++'")
-    assignment = np.zeros(values.size, np.int32)
-    for _ in range(iterations):
-        assignment = np.argmin(np.abs(values[:, None] - centroids[None]), axis=1).astype(np.int32)
-        updated = centroids.copy()
-        for c in range(k):
-            members = values[assignment == c]
-            if members.size:
-                updated[c] = members.mean()
-        if np.allclose(updated, centroids):
+        return np.zeros(0), np.zeros(0, np.int32)
+    k = min(int(k), np.unique(values).size)
+    if k < 1:
+        raise TfcompressError(f"k must be >= 1, got {k}", "kmeans_1d")
+    centroids = _initial_centroids(values, k, init, seed)
+    assignment = None
+    for _ in range(max(1, int(iterations))):
+        # nearest of sorted centroids = position among the midpoints
+        new = np.searchsorted((centroids[:-1] + centroids[1:]) / 2, values, side="left")
+        new = new.astype(np.int32)
+        if assignment is not None and np.array_equal(new, assignment):
             break
-        centroids = updated
+        assignment = new
+        counts = np.bincount(assignment, minlength=k)
+        sums = np.bincount(assignment, weights=values, minlength=k)
+        centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
     return centroids, assignment
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class ClusterWeights(keras.layers.Wrapper):
-    """A layer whose kernel is ``centroids[index]`` (times a fixed zero mask)."""
+    """Wraps a Dense / Conv2D / DepthwiseConv2D so its kernel is ``centroids[index] * mask``
+    (Han et al., ICLR 2016, sec. 3; tfmot's ``ClusterWeights``).
+
+    ``centroids`` (n_clusters, trainable) receive the summed gradients of their members
+    (eq. 3); ``index`` (int32, the kernel's shape) and ``sparsity_mask`` (0 where a pruned
+    kernel had a zero, with ``preserve_sparsity``) are fixed. The clusters are computed from the
+    inner layer's kernel at build and again by :meth:`initialize_clusters`.
+
+    Args:
+        layer: the layer to cluster.
+        n_clusters: number of centroids (>= 2).
+        init: ``"linear"``, ``"kmeans++"`` or ``"density"``.
+        preserve_sparsity: keep the exact zeros of the kernel at 0.
+    """
 
     tfcompress_clustered = True
 
-    def __init__(self, layer, n_clusters: int = 16, init: str = "linear", preserve_sparsity: bool = True,
-                 **kwargs):
+    def __init__(self, layer, n_clusters: int = 16, init: str = "linear",
+                 preserve_sparsity: bool = True, **kwargs):
         super().__init__(layer, **kwargs)
         if not isinstance(layer, CLUSTERABLE):
             raise TfcompressError(f"cannot cluster a {type(layer).__name__}", layer.name,
                                   "cluster Dense, Conv2D or DepthwiseConv2D layers")
-        if int(n_clusters) < 2:
-            raise TfcompressError(f"n_clusters must be >= 2, got {n_clusters}", layer.name)
-        self.n_clusters, self.init, self.preserve_sparsity = int(n_clusters), init, bool(preserve_sparsity)
+        if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) \
+                or n_clusters < 2:
+            raise TfcompressError(f"n_clusters must be an integer >= 2, got {n_clusters!r}",
+                                  layer.name, "pass e.g. n_clusters=16")
+        _check_init(init, layer.name)
+        self.n_clusters, self.init = int(n_clusters), init
+        self.preserve_sparsity = bool(preserve_sparsity)
 
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        shape = tuple(self.layer.kernel.shape)
-        self.centroids = self.add_weight(name="centroids", shape=(self.n_clusters,), initializer="zeros")
-        self.index = self.add_weight(name="index", shape=shape, initializer="zeros", dtype="int32", trainable=False)
-        self.sparsity_mask = self.add_weight(name="sparsity_mask", shape=shape, initializer="ones", trainable=False)
-        self.layer.kernel.trainable = False  # the centroids are what is trained
+        kernel = self.layer.kernel
+        shape = tuple(kernel.shape)
+        self.centroids = self.add_weight(name="centroids", shape=(self.n_clusters,),
+                                         initializer="zeros")
+        self.index = self.add_weight(name="index", shape=shape, initializer="zeros",
+                                     dtype="int32", trainable=False)
+        self.sparsity_mask = self.add_weight(name="sparsity_mask", shape=shape,
+                                             initializer="ones", trainable=False)
+        kernel.trainable = False  # the centroids are what is trained
         self.built = True
+        import tensorflow as tf
+
+        if tf.executing_eagerly():
+            self.initialize_clusters()
 
     def initialize_clusters(self) -> None:
+        """k-means on the inner layer's current kernel: sets centroids, index and mask."""
         kernel = keras.ops.convert_to_numpy(self.layer.kernel)
-        mask = (kernel != 0) if self.preserve_sparsity else np.ones_like(kernel, bool)
+        mask = (kernel != 0) if self.preserve_sparsity else np.ones(kernel.shape, bool)
         centroids, assignment = kmeans_1d(kernel[mask], self.n_clusters, self.init)
-        full = np.zeros(self.n_clusters)
+        full = np.zeros(self.n_clusters, np.float32)
         full[: centroids.size] = centroids
         index = np.zeros(kernel.shape, np.int32)
         index[mask] = assignment
-        self.centroids.assign(full.astype("float32"))
+        self.centroids.assign(full)
         self.index.assign(index)
-        self.sparsity_mask.assign(mask.astype("float32"))
+        self.sparsity_mask.assign(mask.astype(np.float32))
 
     def clustered_kernel(self):
-        from keras import ops
-
-        return ops.take(self.centroids, self.index) * self.sparsity_mask
+        """``W = C[I] * mask`` (eq. 3's forward pass)."""
+        return keras.ops.take(self.centroids, self.index) * self.sparsity_mask
 
     def call(self, inputs, training=None):
-        with keras.StatelessScope(state_mapping=[(self.layer.kernel, self.clustered_kernel())]):
-            return self.layer(inputs)
+        mapping = [(self.layer.kernel, self.clustered_kernel())]
+        with keras.StatelessScope(state_mapping=mapping):
+            return self.layer(inputs, training=training)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
-    def tfcompress_effective_weights(self):
+    def tfcompress_effective_weights(self) -> list[np.ndarray]:
         weights = [keras.ops.convert_to_numpy(self.clustered_kernel())]
-        if getattr(self.layer, "use_bias", False):
+        if getattr(self.layer, "bias", None) is not None:
             weights.append(keras.ops.convert_to_numpy(self.layer.bias))
         return weights
 
@@ -125,140 +185,397 @@ class ClusterWeights(keras.layers.Wrapper):
                 "preserve_sparsity": self.preserve_sparsity}
 
 
-def cluster(model, n_clusters: int = 16, *, init: str = "linear", preserve_sparsity: bool = True,
-            layers=None) -> keras.Model:
-    """A copy of ``model`` with the kernels of Dense / Conv2D / DepthwiseConv2D clustered.
+def _is_graph_model(model) -> bool:
+    return isinstance(model, keras.Model) and type(model).__name__ in ("Functional", "Sequential")
 
-    ``layers``: None (all clusterable layers), a list of names, or a function layer -> bool.
-    """
-    if not isinstance(model, keras.Model) or type(model).__name__ not in ("Functional", "Sequential"):
-        raise TfcompressError("cluster needs a Sequential or Functional model", getattr(model, "name", "model"),
-                              "build the model with keras.Input")
-    if init not in ("linear", "density", "kmeans++"):
-        raise TfcompressError(f"unknown init {init!r}", "cluster", "use 'linear', 'density' or 'kmeans++'")
 
-    def chosen(layer) -> bool:
-        if not isinstance(layer, CLUSTERABLE) or isinstance(layer, keras.layers.SeparableConv2D):
-            return False
-        if layers is None:
-            return True
-        return layers(layer) if callable(layers) else layer.name in layers
+def _leaf_layers(model) -> Iterable:
+    for layer in getattr(model, "layers", []):
+        if _is_graph_model(layer):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
 
-    pairs = []
 
-    def wrap(layer):
-        fresh = layer.__class__.from_config(layer.get_config())
-        new = ClusterWeights(fresh, n_clusters, init, preserve_sparsity, name=f"cluster_{layer.name}") \
-            if chosen(layer) else fresh
-        pairs.append((layer, new))
-        return new
+def _clusterable(layer) -> bool:
+    # hashed / binary / pruned layers compute their kernel from other weights: not plain kernels
+    return isinstance(layer, CLUSTERABLE) and not hasattr(layer, "tfcompress_effective_weights")
 
-    clustered = keras.models.clone_model(model, clone_function=wrap)
+
+def _clone(model, clone_function: Callable, pairs: list) -> keras.Model:
+    new = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     for source, target in pairs:
-        if isinstance(target, ClusterWeights):
+        if isinstance(target, ClusterWeights) and not isinstance(source, ClusterWeights):
             target.layer.set_weights(source.get_weights())
             target.initialize_clusters()
-        elif source.weights:
-            target.set_weights(source.get_weights())
-    return clustered
-
-
-def strip_clustering(model) -> keras.Model:
-    """A plain model whose kernels hold the clustered values (tfmot's strip_clustering)."""
-    pairs = []
-
-    def unwrap(layer):
-        new = layer.layer.__class__.from_config(layer.layer.get_config()) if isinstance(layer, ClusterWeights) \
-            else layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new))
-        return new
-
-    plain = keras.models.clone_model(model, clone_function=unwrap)
-    for source, target in pairs:
-        if isinstance(source, ClusterWeights):
+        elif isinstance(source, ClusterWeights):
             target.set_weights(source.tfcompress_effective_weights())
         elif source.weights:
             target.set_weights(source.get_weights())
-    return plain
+    return new
 
 
-def huffman_code_lengths(frequencies: dict[Any, int]) -> dict[Any, int]:
-    """Code length of every symbol in an optimal prefix code (Huffman 1952)."""
+def cluster(model: keras.Model, n_clusters: int = 16, *, init: str = "linear",
+            preserve_sparsity: bool = True,
+            layers: Iterable[str] | Callable[[Any], bool] | None = None) -> keras.Model:
+    """A copy of ``model`` whose Dense / Conv2D / DepthwiseConv2D kernels are clustered into
+    ``n_clusters`` trainable centroids (Han et al., ICLR 2016, sec. 3; tfmot's
+    ``cluster_weights``). Compile and fine-tune it, then :func:`strip_clustering`.
+
+    Args:
+        model: a Sequential or Functional model (nested ones are walked).
+        n_clusters: centroids per layer (>= 2).
+        init: centroid initialisation, ``"linear"`` (the paper's), ``"kmeans++"`` or
+            ``"density"``.
+        preserve_sparsity: exact zeros (a pruned, stripped model) stay exactly 0.
+        layers: None (every clusterable layer), layer names, or a function layer -> bool.
+    """
+    if not _is_graph_model(model):
+        raise TfcompressError(f"cluster needs a Sequential or Functional model, got "
+                              f"{type(model).__name__}", getattr(model, "name", "model"),
+                              "build the model as keras.Sequential or with keras.Input")
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) \
+            or n_clusters < 2:
+        raise TfcompressError(f"n_clusters must be an integer >= 2, got {n_clusters!r}",
+                              "cluster", "pass e.g. n_clusters=16")
+    _check_init(init, "cluster")
+    leaves = list(_leaf_layers(model))
+    names: set[str] | None = None
+    if layers is not None and not callable(layers):
+        names = {layers} if isinstance(layers, str) else set(layers)
+        known = {layer.name for layer in leaves}
+        if names - known:
+            raise TfcompressError(f"no layer named {sorted(names - known)}", "cluster(layers=...)",
+                                  f"choose among {sorted(known)}")
+        bad = [layer.name for layer in leaves if layer.name in names and not _clusterable(layer)]
+        if bad:
+            raise TfcompressError(f"cannot cluster {bad}", "cluster(layers=...)",
+                                  "name plain Dense, Conv2D or DepthwiseConv2D layers")
+
+    def chosen(layer) -> bool:
+        if not _clusterable(layer):
+            return False
+        if names is not None:
+            return layer.name in names
+        return True if layers is None else bool(layers(layer))
+
+    for layer in leaves:
+        if isinstance(layer, ClusterWeights):
+            raise TfcompressError("the model is already clustered", layer.name,
+                                  "call strip_clustering first, or cluster the original model")
+        if isinstance(layer, keras.layers.Wrapper) and isinstance(layer.layer, CLUSTERABLE):
+            raise TfcompressError(f"{type(layer).__name__} wraps this layer", layer.name,
+                                  "strip the wrapper first (e.g. tfcompress.strip after pruning;"
+                                  " preserve_sparsity keeps its zeros)")
+
+    pairs: list[tuple[Any, Any]] = []
+
+    def wrap(layer):
+        fresh = layer.__class__.from_config(layer.get_config())
+        new = ClusterWeights(fresh, n_clusters, init, preserve_sparsity,
+                             name=f"cluster_{layer.name}") if chosen(layer) else fresh
+        pairs.append((layer, new))
+        return new
+
+    return _clone(model, wrap, pairs)
+
+
+def strip_clustering(model: keras.Model) -> keras.Model:
+    """A plain model whose kernels hold the clustered values (tfmot's ``strip_clustering``):
+    at most ``n_clusters`` distinct values per kernel, plus the preserved zeros."""
+    if not _is_graph_model(model):
+        raise TfcompressError(f"strip_clustering needs a Sequential or Functional model, got "
+                              f"{type(model).__name__}", getattr(model, "name", "model"))
+    pairs: list[tuple[Any, Any]] = []
+
+    def unwrap(layer):
+        inner = layer.layer if isinstance(layer, ClusterWeights) else layer
+        new = inner.__class__.from_config(inner.get_config())
+        pairs.append((layer, new))
+        return new
+
+    return _clone(model, unwrap, pairs)
+
+
+# ---------------------------------------------------------------- Huffman coding (sec. 4)
+
+def huffman_code_lengths(frequencies: Mapping[Hashable, int]) -> dict[Hashable, int]:
+    """Code length of every symbol of positive frequency in a Huffman code (Huffman 1952):
+    repeatedly merge the two least frequent nodes; a symbol's length is its depth. A single
+    symbol gets 1 bit."""
     symbols = [s for s, f in frequencies.items() if f > 0]
-    if len(symbols) == 1:
-        return {symbols[0]: 1}
-    heap = [(frequencies[s], i, [s]) for i, s in enumerate(symbols)]
+    if len(symbols) <= 1:
+        return dict.fromkeys(symbols, 1)
+    heap = [(int(frequencies[s]), i) for i, s in enumerate(symbols)]
     heapq.heapify(heap)
-    lengths = dict.fromkeys(symbols, 0)
-    counter = len(heap)
+    parent: list[int] = [-1] * len(symbols)
     while len(heap) > 1:
-        f1, _, s1 = heapq.heappop(heap)
-        f2, _, s2 = heapq.heappop(heap)
-        for s in s1 + s2:
-            lengths[s] += 1
-        heapq.heappush(heap, (f1 + f2, counter, s1 + s2))
-        counter += 1
-    return lengths
+        f1, a = heapq.heappop(heap)
+        f2, b = heapq.heappop(heap)
+        node = len(parent)
+        parent.append(-1)
+        parent[a] = parent[b] = node
+        heapq.heappush(heap, (f1 + f2, node))
+    depth = [0] * len(parent)
+    for node in range(len(parent) - 2, -1, -1):  # a parent is created after its children
+        depth[node] = depth[parent[node]] + 1
+    return {s: depth[i] for i, s in enumerate(symbols)}
 
 
-def huffman_bits(symbols) -> int:
-    counts = Counter(symbols)
-    if not counts:
-        return 0
+def huffman_bits(counts: Mapping[Hashable, int]) -> int:
+    """Total bits of a Huffman-coded stream with this histogram (symbol -> count)."""
     lengths = huffman_code_lengths(counts)
-    return sum(counts[s] * lengths[s] for s in counts)
+    return sum(int(counts[s]) * n for s, n in lengths.items())
+
+
+def _histogram(symbols: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(symbols, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
+# ---------------------------------------------------------------- the size estimate
+
+@dataclass
+class LayerSize:
+    """Deep Compression storage of one kernel (bits) and of the layer's other parameters.
+
+    ``layout`` is ``"sparse"`` (relative indices, sec. 2) or ``"dense"``; ``values`` is
+    ``"codebook"`` (Huffman-coded cluster indices + codebook) or ``"raw"`` (the values as
+    stored, used when that is smaller, e.g. an unclustered float kernel).
+    """
+
+    name: str
+    kind: str
+    params: int
+    nonzero: int
+    clusters: int
+    layout: str
+    values: str
+    position_bits: int
+    index_bits: int
+    codebook_bits: int
+    other_bytes: int
+
+    @property
+    def bytes(self) -> int:
+        bits = self.position_bits + self.index_bits + self.codebook_bits
+        return math.ceil(bits / 8) + self.other_bytes
 
 
 @dataclass
 class DeepCompressionSize:
-    layers: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per-layer and total Deep Compression storage, next to the TFLite file's gzip size."""
+
+    layers: dict[str, LayerSize] = field(default_factory=dict)
+    float32_bytes: int = 0
+    tflite_bytes: int | None = None
+    gzip_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:
-        return sum(v["bytes"] for v in self.layers.values())
+        return sum(layer.bytes for layer in self.layers.values())
+
+    @property
+    def compression_ratio(self) -> float:
+        """float32 storage / Deep Compression storage."""
+        return self.float32_bytes / max(self.total_bytes, 1)
 
     def text(self) -> str:
-        lines = [f"{'layer':24s} {'non-zeros':>10s} {'clusters':>8s} {'bytes':>10s}"]
-        lines += [f"{name:24s} {v['nonzero']:10,d} {v['clusters']:8d} {v['bytes']:10,d}" for name, v in self.layers.items()]
-        lines.append(f"{'total':24s} {'':10s} {'':8s} {self.total_bytes:10,d}")
+        head = (f"{'layer':28s} {'params':>9s} {'nonzero':>9s} {'clusters':>8s} {'layout':>6s} "
+                f"{'pos bits':>9s} {'idx bits':>9s} {'codebook':>8s} {'other B':>8s} "
+                f"{'bytes':>9s}")
+        lines = [head]
+        for v in self.layers.values():
+            lines.append(
+                f"{v.name[-28:]:28s} {v.params:9,d} {v.nonzero:9,d} {v.clusters:8d} "
+                f"{v.layout:>6s} {v.position_bits:9,d} {v.index_bits:9,d} "
+                f"{v.codebook_bits // 8:8,d} {v.other_bytes:8,d} {v.bytes:9,d}")
+        lines.append(f"{'total':28s} {'':>81s} {self.total_bytes:9,d}")
+        lines.append(f"Deep Compression estimate {self.total_bytes:,d} bytes; float32 "
+                     f"{self.float32_bytes:,d} bytes ({self.compression_ratio:.1f}x)")
+        if self.gzip_bytes is not None:
+            lines.append(f"TFLite file {self.tflite_bytes:,d} bytes, gzip {self.gzip_bytes:,d} "
+                         "bytes")
         return "\n".join(lines)
 
+    def __str__(self) -> str:
+        return self.text()
 
-def deep_compression_size(model, index_bits: dict[str, int] | None = None) -> DeepCompressionSize:
-    """Estimated storage of pruning + weight sharing + Huffman coding (Han et al. 2016)."""
-    bits_for = {"conv": 8, "dense": 5, **(index_bits or {})}
-    result = DeepCompressionSize()
-    for layer in getattr(model, "layers", []):
-        inner = layer.layer if isinstance(layer, ClusterWeights) else layer
-        if not isinstance(inner, CLUSTERABLE):
-            count = sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
-            if count:
-                result.layers[layer.name] = {"nonzero": count, "clusters": 0, "bytes": 4 * count}
-            continue
-        if isinstance(layer, ClusterWeights):
-            kernel = keras.ops.convert_to_numpy(layer.clustered_kernel())
-            index = keras.ops.convert_to_numpy(layer.index)
+
+def _resolve_index_bits(index_bits: int | Mapping[str, int] | None) -> dict[str, int]:
+    if index_bits is None:
+        bits = dict(DEFAULT_INDEX_BITS)
+    elif isinstance(index_bits, Mapping):
+        bits = {**DEFAULT_INDEX_BITS, **index_bits}
+    else:
+        bits = dict.fromkeys(DEFAULT_INDEX_BITS, index_bits)
+    for kind, b in bits.items():
+        if kind not in DEFAULT_INDEX_BITS or isinstance(b, bool) or not isinstance(
+                b, (int, np.integer)) or not 1 <= b <= 32:
+            raise TfcompressError(f"bad index_bits entry {kind!r}: {b!r}", "deep_compression_size",
+                                  "pass an integer in [1, 32] or {'conv': 8, 'dense': 5}")
+    return bits
+
+
+def kernel_size(name: str, symbols: np.ndarray, kind: str, gap_bits: int, raw_bits: int,
+                codebook_bits: int | None = None, other_bytes: int = 0) -> LayerSize:
+    """Deep Compression storage of one kernel whose entries are ``symbols`` (0 = pruned).
+
+    Sparse layout (sec. 2): each non-zero is stored with its gap to the previous one in
+    ``gap_bits`` bits; a gap larger than ``2**gap_bits`` takes filler zero entries. The gaps
+    and the cluster indices are Huffman-coded (sec. 4). ``codebook_bits``: the codebook's cost,
+    by default 32 bits per distinct non-zero value (sec. 3.3). ``raw_bits``: bits per stored
+    value without a codebook.
+    """
+    flat = np.asarray(symbols).reshape(-1)
+    positions = np.flatnonzero(flat)
+    distinct = np.unique(flat[positions])
+    codebook = 32 * distinct.size if codebook_bits is None else int(codebook_bits)
+
+    # sparse: a gap g becomes (g - 1) // limit fillers of gap `limit` and a remainder
+    limit = 1 << gap_bits
+    gaps = np.diff(positions, prepend=-1)
+    fillers = (gaps - 1) // limit
+    remainders = gaps - fillers * limit
+    n_fill = int(fillers.sum())
+    gap_counts = _histogram(remainders)
+    if n_fill:
+        gap_counts[limit] = gap_counts.get(limit, 0) + n_fill
+    _, codes = np.unique(flat[positions], return_inverse=True)
+    code_counts = _histogram(codes)
+    if n_fill:
+        code_counts[-1] = n_fill  # a filler stores a zero
+    entries = positions.size + n_fill
+
+    def cheaper(counts: dict, n: int) -> tuple[str, int, int]:
+        """(values, index bits, codebook bits): Huffman codes + codebook, or raw values."""
+        if codebook >= raw_bits * n:  # the codebook alone costs more than raw values
+            return "raw", raw_bits * n, 0
+        coded = huffman_bits(counts)
+        if coded + codebook < raw_bits * n:
+            return "codebook", coded, codebook
+        return "raw", raw_bits * n, 0
+
+    sparse = ("sparse", huffman_bits(gap_counts) if entries else 0,
+              *cheaper(code_counts, entries))
+    dense_counts = _histogram(np.unique(flat, return_inverse=True)[1]) if flat.size else {}
+    dense = ("dense", 0, *cheaper(dense_counts, flat.size))  # zero is one more symbol
+    layout, pos_bits, values, index_bits, book = min(
+        (sparse, dense), key=lambda option: option[1] + option[3] + option[4])
+    return LayerSize(name=name, kind=kind, params=int(flat.size), nonzero=int(positions.size),
+                     clusters=int(distinct.size), layout=layout, values=values,
+                     position_bits=int(pos_bits), index_bits=int(index_bits),
+                     codebook_bits=int(book), other_bytes=int(other_bytes))
+
+
+def _keras_sizes(model, bits: dict[str, int], result: DeepCompressionSize) -> None:
+    for layer in _leaf_layers(model):
+        inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
+        if hasattr(layer, "tfcompress_effective_weights"):
+            arrays = [np.asarray(a) for a in layer.tfcompress_effective_weights()]
         else:
-            kernel = keras.ops.convert_to_numpy(inner.kernel)
-            _, values = np.unique(kernel, return_inverse=True)
-            index = values.reshape(kernel.shape)
-        flat, codes = kernel.reshape(-1), index.reshape(-1)
-        positions = np.flatnonzero(flat)
-        b = bits_for["dense" if isinstance(inner, keras.layers.Dense) else "conv"]
-        limit = (1 << b) - 1
-        gaps, symbols, previous = [], [], -1
-        for p in positions:
-            gap = p - previous
-            while gap > limit:  # a filler entry (a stored zero) bridges a long gap
-                gaps.append(limit)
-                symbols.append(-1)
-                gap -= limit
-            gaps.append(gap)
-            symbols.append(int(codes[p]))
-            previous = p
-        clusters = len(np.unique(flat[positions])) if positions.size else 0
-        bias = 4 * int(inner.bias.shape[0]) if getattr(inner, "use_bias", False) else 0
-        total_bits = huffman_bits(symbols) + huffman_bits(gaps) + 32 * clusters
-        result.layers[layer.name] = {"nonzero": int(positions.size), "clusters": clusters,
-                                     "bytes": math.ceil(total_bits / 8) + bias}
+            arrays = [np.asarray(keras.ops.convert_to_numpy(w)) for w in layer.weights]
+        if not arrays:
+            continue
+        result.float32_bytes += 4 * sum(int(a.size) for a in arrays)
+        if isinstance(inner, CLUSTERABLE) and (hasattr(layer, "tfcompress_effective_weights")
+                                               or _clusterable(layer)):
+            kernel, rest = arrays[0], arrays[1:]
+            kind = "dense" if isinstance(inner, keras.layers.Dense) else "conv"
+            other = 4 * sum(int(a.size) for a in rest)
+            result.layers[layer.name] = kernel_size(layer.name, kernel, kind, bits[kind], 32,
+                                                    other_bytes=other)
+        else:
+            count = sum(int(a.size) for a in arrays)
+            result.layers[layer.name] = LayerSize(layer.name, "other", count,
+                                                  sum(int(np.count_nonzero(a)) for a in arrays),
+                                                  0, "dense", "raw", 0, 0, 0, 4 * count)
+
+
+_WEIGHT_OPS = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "conv", "FULLY_CONNECTED": "dense"}
+
+
+def _tflite_sizes(parsed, bits: dict[str, int], result: DeepCompressionSize) -> None:
+    tensors = parsed.tensors[0]
+    producer = {out: op for op in parsed.ops if op.subgraph == 0 for out in op.outputs}
+    used: set[int] = set()
+    for op in parsed.ops:
+        kind = _WEIGHT_OPS.get(op.name)
+        if kind is None or op.subgraph != 0 or len(op.inputs) < 2:
+            continue
+        weight = tensors[op.inputs[1]]
+        if not weight.constant and op.inputs[1] in producer \
+                and producer[op.inputs[1]].name == "DEQUANTIZE":
+            weight = tensors[producer[op.inputs[1]].inputs[0]]  # float16 / dynamic-range weights
+        values = parsed.constant_values(weight) if weight.constant else None
+        if values is None or weight.index in used:
+            continue
+        used.add(weight.index)
+        other = 0
+        if len(op.inputs) > 2 and op.inputs[2] >= 0 and tensors[op.inputs[2]].constant:
+            bias = tensors[op.inputs[2]]
+            if bias.index not in used:
+                used.add(bias.index)
+                other = bias.nbytes
+        raw_bits = 8 * values.dtype.itemsize
+        codebook = None
+        if weight.quantization is not None and values.dtype.kind in "iu":
+            # integers are their own codes; the per-channel scales are the codebook
+            codebook = 32 * len(weight.quantization.scales)
+        result.float32_bytes += 4 * int(values.size) + other
+        result.layers[weight.name] = kernel_size(weight.name, values, kind, bits[kind], raw_bits,
+                                                 codebook, other)
+    rest = [t for t in tensors if t.constant and t.index not in used and t.nbytes]
+    if rest:
+        nbytes = sum(t.nbytes for t in rest)
+        count = sum(int(np.prod(t.shape)) for t in rest)
+        result.float32_bytes += nbytes
+        result.layers["(other constants)"] = LayerSize("(other constants)", "other", count, count,
+                                                       0, "dense", "raw", 0, 0, 0, nbytes)
+
+
+def deep_compression_size(source: keras.Model | str | os.PathLike,
+                          index_bits: int | Mapping[str, int] | None = None, *,
+                          tflite: str | os.PathLike | None = None) -> DeepCompressionSize:
+    """Estimated storage of pruning + trained quantization + Huffman coding (Han et al.,
+    ICLR 2016, sec. 2-4), per layer and in total, next to the gzip size of a TFLite file.
+
+    Args:
+        source: a Keras model (clustered or not: ``ClusterWeights`` and pruning wrappers count
+            their effective kernels), a ``.keras`` file, or a ``.tflite`` file (its CONV_2D /
+            DEPTHWISE_CONV_2D / FULLY_CONNECTED weights; int8 values are their own codes and
+            the per-channel scales the codebook).
+        index_bits: bits of a relative index; None for the paper's 8 (conv) / 5 (dense), an
+            int for every layer, or ``{"conv": b, "dense": b}``.
+        tflite: a ``.tflite`` file whose size and gzip size are reported alongside (defaults
+            to ``source`` when that is a ``.tflite`` file).
+    Returns:
+        :class:`DeepCompressionSize`: ``.layers`` (name -> :class:`LayerSize`),
+        ``.total_bytes``, ``.float32_bytes``, ``.gzip_bytes``; ``print`` it for a table.
+    """
+    from tfcompress.export.tflite_file import load_tflite
+
+    bits = _resolve_index_bits(index_bits)
+    result = DeepCompressionSize()
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix == ".tflite":
+            parsed = load_tflite(path)
+            _tflite_sizes(parsed, bits, result)
+            tflite = path if tflite is None else tflite
+        elif path.suffix == ".keras":
+            from tfcompress.export.convert import load_keras_model
+
+            _keras_sizes(load_keras_model(path), bits, result)
+        else:
+            raise TfcompressError("not a .keras or .tflite file", str(path),
+                                  "pass a Keras model, a .keras file or a .tflite file")
+    elif isinstance(source, keras.Model):
+        _keras_sizes(source, bits, result)
+    else:
+        raise TfcompressError(f"cannot size a {type(source).__name__}", "deep_compression_size",
+                              "pass a Keras model, a .keras file or a .tflite file")
+    if tflite is not None:
+        parsed = load_tflite(tflite)
+        result.tflite_bytes, result.gzip_bytes = parsed.size_bytes, parsed.gzip_size_bytes
     return result

@@ -270,7 +270,9 @@ class TernaryWeight(Quantizer):
         delta = self.threshold_factor * _channel_mean(magnitude)
         keep = ops.cast(magnitude > delta, x.dtype)
         kept = ops.sum(keep, axis=_channel_axes(x), keepdims=True)
-        alpha = ops.sum(magnitude * keep, axis=_channel_axes(x), keepdims=True) / ops.maximum(kept, 1.0)
+        alpha = ops.sum(magnitude * keep, axis=_channel_axes(x), keepdims=True) / ops.maximum(
+            kept, 1.0
+        )
         return keep, alpha
 
     def scale(self, x):

@@ -124,8 +124,7 @@ def _materialize(model):
     """Replace layers whose weights are computed from other weights (binary, ternary, hashed)
     by plain layers holding the computed weights, so the converter sees constants."""
     layers = list(_walk_layers(model))
-    count = sum(1 for layer in layers if getattr(layer, "tfcompress_quantized_kernel", False)
-                and getattr(layer, "input_quantizer", None) is None)
+    count = sum(1 for layer in layers if getattr(layer, "tfcompress_quantized_kernel", False))
     count_hashed = sum(1 for layer in layers if getattr(layer, "tfcompress_hashed", False))
     if count:
         from tfcompress.layers.binary import materialize

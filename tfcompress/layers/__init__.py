@@ -1,11 +1,12 @@
 """Keras layers: Bayesian pruning layers, pruning wrappers, quantized and hashed layers."""
 
 from tfcompress.clustering import ClusterWeights
-from tfcompress.layers.binary import BinaryConv2D, BinaryDense, TernaryConv2D, TernaryDense
+from tfcompress.layers.binary import BinaryConv2D, BinaryDense, QuantizeActivation
 from tfcompress.layers.dirichlet import DirichletSwitch, freeze_all_but_switches
 from tfcompress.layers.hashed import HashedConv2D, HashedDense
 from tfcompress.layers.lognormal import LogNormalDropout
 from tfcompress.layers.sparse_vd import VariationalConv2D, VariationalDense
+from tfcompress.layers.ternary import TernaryConv2D, TernaryDense
 from tfcompress.layers.variational_bn import VariationalBatchNormalization
 from tfcompress.pruning import MaskedBatchNormalization, PruneLowMagnitude
 from tfcompress.qat import ActivationQuantizer, QuantizedLayer
@@ -24,6 +25,7 @@ __all__ = [
     "LogNormalDropout",
     "MaskedBatchNormalization",
     "PruneLowMagnitude",
+    "QuantizeActivation",
     "VariationalBatchNormalization",
     "VariationalConv2D",
     "VariationalDense",
