@@ -78,14 +78,19 @@ def main() -> None:
             "p50 ms builtin kernels": None,
             "builtin vs float32": None,
             "TFLM arena (bytes)": None,
+            "TFLM vs LiteRT": None,
         }
     ]
     for label, path in paths.items():
         accuracy = evaluate(path, x_test, y_test).accuracy
         try:
-            arena = to_micro(path, out / f"micro_{path.stem}", name="lenet5").arena_bytes
+            micro = to_micro(path, out / f"micro_{path.stem}", name="lenet5")
+            arena = micro.arena_bytes
+            # TFLM's outputs against LiteRT's reference kernels on the same inputs
+            tflm_check = (f"identical ({micro.samples_compared} inputs)" if micro.identical else
+                          f"max {micro.max_diff_reference:g} {micro.diff_unit}")
         except TfcompressError as exc:  # hybrid (dynamic-range) kernels do not exist in TFLM
-            arena = None
+            arena, tflm_check = None, "not supported by TFLM"
             print(f"TFLM: {label}: {exc}", file=sys.stderr)
         rows.append(
             {
@@ -99,6 +104,7 @@ def main() -> None:
                 "p50 ms builtin kernels": round(latency_builtin[label].p50_ms, 4),
                 "builtin vs float32": round(latency_builtin[label].ratio_to_first, 3),
                 "TFLM arena (bytes)": arena,
+                "TFLM vs LiteRT": tflm_check,
             }
         )
     int8 = rows[-1]

@@ -137,7 +137,43 @@ def render() -> str:
         sections.append("")
     text = "\n".join(sections).rstrip() + "\n"
     write_text_atomic(RESULTS_MD, text)
+    render_readme()
     return text
+
+
+README = HERE.parent / "README.md"
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+KEY_VERSIONS = ("tensorflow", "keras", "ai-edge-litert", "tflite-micro", "tensorflow-model-optimization")
+
+
+def readme_block() -> str:
+    """The README's results section: every table of RESULTS.md with its command and notes."""
+    parts = []
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        data = json.loads(path.read_text())
+        m, v = data["machine"], data["versions"]
+        where = f"{m.get('processor', m.get('machine'))}, {m.get('cpu_count')} cores"
+        libs = ", ".join(f"{k} {v[k]}" for k in KEY_VERSIONS if k in v)
+        parts += [f"**{data['title']}** (`{data['command']}`; {where}; {libs}; {data['date']}):", "",
+                  table(data["columns"], data["rows"]), ""]
+        parts += [f"- {note}" for note in data.get("notes", [])]
+        parts.append("")
+    return "\n".join(parts).rstrip()
+
+
+def render_readme() -> None:
+    """Replace the README's block between the results markers (numbers never typed by hand)."""
+    from tfcompress._io import write_text_atomic
+
+    if not README.exists():
+        return
+    text = README.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{README}: markers {README_START} / {README_END} not found")
+    new = text[: start + len(README_START)] + "\n" + readme_block() + "\n" + text[end:]
+    if new != text:
+        write_text_atomic(README, new)
 
 
 if __name__ == "__main__":

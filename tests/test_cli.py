@@ -27,6 +27,8 @@ def files(tmp_path_factory, trained_lenet, synthetic_data, lenet_int8_path):
     np.savez(root / "empty.npz", x=np.zeros((0, 28, 28, 1), np.float32))
     np.savez(root / "wrong.npz", x=np.zeros((8, 32, 32, 1), np.float32))
     (root / "notes.txt").write_text("not a model\n")
+    (root / "zero.npz").write_bytes(b"")
+    np.savez(root / "noarrays.npz")
     data = lenet_int8_path.read_bytes()
     (root / "good.tflite").write_bytes(data)
     (root / "truncated.tflite").write_bytes(data[: len(data) // 3])
@@ -95,6 +97,8 @@ def test_help_shows_an_example_for_every_command():
         (["convert", "{f}/lenet.keras", "-o", "{t}/o.tflite", "--int8", "--calibration", "{f}/empty.npz"], "empty"),
         (["convert", "{f}/lenet.keras", "-o", "{t}/o.tflite", "--int8", "--calibration", "{f}/wrong.npz"], "expects (28, 28, 1)"),
         (["convert", "{f}/lenet.keras", "-o", "{t}/o.tflite", "--int8", "--calibration", "{f}/notes.txt"], "cannot read calibration file"),
+        (["convert", "{f}/lenet.keras", "-o", "{t}/o.tflite", "--int8", "--calibration", "{f}/zero.npz"], "calibration"),
+        (["convert", "{f}/lenet.keras", "-o", "{t}/o.tflite", "--int8", "--calibration", "{f}/noarrays.npz"], "calibration"),
         (["convert", "{f}/lenet.keras", "-o", "{t}/o.tflite", "--int8"], "needs calibration"),
         (["convert", "{f}/lenet.keras", "-o", "{t}/o.bin", "--float32"], "must end in .tflite"),
         (["convert", "{f}/lenet.keras", "-o", "{t}/nodir/o.tflite", "--float32"], "output directory does not exist"),
@@ -106,6 +110,12 @@ def test_help_shows_an_example_for_every_command():
         (["bench", "{f}/truncated.tflite", "--runs", "5"], "truncated"),
         (["micro", "{f}/truncated.tflite", "-o", "{t}/micro"], "truncated"),
         (["edgetpu", "{f}/corrupted.tflite"], "TFL3"),
+        (["bench", "{f}/good.tflite", "{f}/notes.txt", "--runs", "5"], "notes.txt"),
+        (["bench", "{f}/lenet.keras", "--runs", "5"], ".keras zip archive"),
+        (["micro", "{f}/lenet.keras", "-o", "{t}/micro"], ".keras zip archive"),
+        (["micro", "{f}/random.tflite", "-o", "{t}/micro"], "TFL3"),
+        (["edgetpu", "{f}/notes.txt"], "notes.txt"),
+        (["edgetpu", "{f}/missing.tflite"], "file not found"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_output(files, capsys, tmp_path, argv, message):

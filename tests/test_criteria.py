@@ -147,3 +147,56 @@ def test_prune_at_initialization_sets_fixed_masks(method):
     for w, m in zip(pruning_wrappers(pruned), masks, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(w.mask), m)
     assert strip(pruned).count_params() == model.count_params()
+
+
+def conv_bn_relu(seed=0, dead=2):
+    """Conv (linear) -> BN -> ReLU, with channel ``dead`` always 0 after the ReLU (BN beta = -100)
+    although the convolution's own output for it is not."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(5, 3, name="conv")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(h))
+    gamma, beta, mean, var = model.get_layer("bn").get_weights()
+    beta[dead] = -100.0
+    model.get_layer("bn").set_weights([gamma, beta, mean, var])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(seed)
+    return model, rng.normal(size=(32, 6, 6, 2)).astype("float32"), rng.integers(0, 3, 32)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "weight"])
+def test_apoz_and_mean_activation_are_measured_after_the_following_relu(granularity):
+    model, x, y = conv_bn_relu()
+    conv_out, relu_out = keras.Model(model.inputs, [model.get_layer("conv").output,
+                                                    model.get_layer("relu").output]).predict(x, verbose=0)
+    assert not (conv_out[..., 2] == 0).any()  # on the conv's own output channel 2 looks alive
+    a = relu_out.reshape(len(x), -1, 5)
+    references = {APoZ: 1 - (a == 0).mean(1).mean(0), MeanActivation: a.mean(1).mean(0)}
+    assert references[APoZ][2] == 0 and (references[APoZ][[0, 1, 3, 4]] > 0).all()
+    for cls, expected in references.items():
+        criterion = cls((x, y), num_batches=1, batch_size=32)
+        pruned = prune(model, ConstantSparsity(0.2, 0), granularity=granularity, criterion=criterion,
+                       layers={"conv": {}})
+        pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        update_masks(pruned, 0)
+        w = pruned.get_layer("prune_low_magnitude_conv")
+        np.testing.assert_allclose(criterion.channel_scores(w), expected, rtol=1e-5, atol=1e-7)
+        if granularity == "channel":  # through the MaskedBatchNormalization: the dead channel goes first
+            np.testing.assert_array_equal(w.channel_mask_numpy(), [1, 1, 0, 1, 1])
+
+
+def test_apoz_without_a_following_activation_is_an_error():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inp)  # linear, read by Flatten: no zeros to count
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(keras.layers.Flatten()(h)))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 6, 6, 2)).astype("float32"), rng.integers(0, 3, 8)
+    pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", criterion=APoZ((x, y), num_batches=1),
+                   layers={"conv": {}})
+    with pytest.raises(TfcompressError, match="conv has a linear activation and no activation layer follows"):
+        update_masks(pruned, 0)

@@ -31,3 +31,25 @@ def test_demo_runs_the_whole_road_on_digits(tmp_path):
     assert compressed["int8_top1_agreement_with_qat"] >= 0.97
     assert compressed["tflite_int8_accuracy"] > 0.7
     assert any("TFLite Micro" in m for m in messages) and "PASS" in messages[-1]
+
+
+def test_readme_commands_install_what_they_run():
+    """The README's two fresh-machine commands: the demo's extras carry the TFLM interpreter and
+    the digits fallback; .ci/run runs the README's test command as written."""
+    import re
+    from pathlib import Path
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    demo = re.search(r'pip install -e "\.\[([\w,]+)\]" && tfcompress demo', readme)
+    assert demo, "README has no demo command"
+    needed = {"tflite-micro", "scikit-learn"}
+    have = {re.split(r"[<>=!~ ]", req)[0] for name in demo.group(1).split(",") for req in extras[name]}
+    assert needed <= have, needed - have
+    test_command = re.search(r"^(python -m pip install -e \"\.\[test\]\" && .+pytest.*)$", readme, re.M)
+    assert test_command and test_command.group(1) in (root / ".ci" / "run").read_text()

@@ -383,3 +383,19 @@ def test_bad_samples(models, tmp_path):
     with pytest.raises(MicroError, match="num_samples"):
         to_micro(models["int8"], tmp_path / "o", "m", num_samples=0)
     assert not (tmp_path / "o").exists()
+
+
+def test_lenet5_caffe_int8_passes_the_tflm_check(lenet_int8_path, tmp_path):
+    """The issue's LeNet-5-Caffe (20-50-500-10), not a cut-down copy: TFLM equals LiteRT's
+    reference kernels bit for bit, and the arena is measured by the TFLM interpreter."""
+    report = to_micro(lenet_int8_path, tmp_path / "fw", name="lenet", strict=True)
+    assert report.identical and report.max_diff_reference == 0, report.text()
+    assert report.samples_compared >= 1
+    assert sorted(report.ops) == ["CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "RESHAPE"]
+    # the arena holds at least the largest activation pair: conv1's 24x24x20 int8 output and its
+    # 28x28 input (TFLM plans the two together)
+    assert report.arena_total_bytes >= 24 * 24 * 20 + 28 * 28
+    assert report.recommended_arena_bytes >= report.arena_total_bytes
+    source = (tmp_path / "fw" / "lenet_model_data.cc").read_text()
+    assert f"const unsigned int lenet_model_data_len = {lenet_int8_path.stat().st_size};" in source
+    assert "alignas(16) const unsigned char lenet_model_data[]" in source

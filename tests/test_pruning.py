@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 import pytest
@@ -244,3 +246,152 @@ def test_serialization_of_the_wrapped_model(tmp_path):
     w = again.get_layer("prune_low_magnitude_conv2")
     assert isinstance(w, PruneLowMagnitude) and w.criterion.norm == "l1"
     assert w.pruning_schedule.get_config() == model.get_layer("prune_low_magnitude_conv2").pruning_schedule.get_config()
+
+
+def test_layers_it_cannot_prune_are_named_in_a_warning(caplog):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 4))
+    h = keras.layers.LSTM(5, name="lstm")(inp)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    seq = keras.Model(inp, keras.layers.Dense(3, name="head")(h))
+    inp = keras.Input((5, 5, 2))
+    h = keras.layers.Conv2DTranspose(3, 3, name="deconv")(inp)
+    h = keras.layers.Flatten()(h)
+    img = keras.Model(inp, keras.layers.Dense(2, name="head2")(h))
+    with caplog.at_level(logging.INFO, logger="tfcompress"):
+        pruned_seq = prune(seq, ConstantSparsity(0.5, 0))
+        pruned_img = prune(img, ConstantSparsity(0.5, 0))
+    assert {w.layer.name for w in pruning_wrappers(pruned_seq)} == {"head"}
+    assert {w.layer.name for w in pruning_wrappers(pruned_img)} == {"head2"}
+    by_layer = {r.getMessage().split()[2]: r for r in caplog.records if r.getMessage().startswith("prune: leaving")}
+    for name, kind in (("lstm", "LSTM"), ("deconv", "Conv2DTranspose")):
+        record = by_layer[name]
+        assert record.levelno == logging.WARNING
+        message = record.getMessage()
+        assert f"{kind} layers are not supported" in message and "kernel" in message
+        assert "Dense, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D" in message
+    # vector-only weights (normalization) are not a loss of sparsity: INFO, with its reason
+    assert by_layer["ln"].levelno == logging.INFO and "no weight matrix" in by_layer["ln"].getMessage()
+    # asking for an unsupported layer explicitly is a warning too
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tfcompress"):
+        prune(seq, ConstantSparsity(0.5, 0), layers={"ln": {}, "head": {}})
+    assert any("ln (LayerNormalization)" in r.getMessage() for r in caplog.records)
+
+
+def depthwise_cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 2))
+    h = keras.layers.Conv2D(8, 3, name="conv1")(inp)  # fan-in 18 per channel
+    h = keras.layers.DepthwiseConv2D(3, name="dw")(h)  # 9 per channel
+    h = keras.layers.Conv2D(12, 1, activation="relu", name="conv2")(h)  # 8 per channel
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(16, activation="relu", name="fc")(h)  # 192 per unit
+    return keras.Model(inp, keras.layers.Dense(3, name="out")(h))
+
+
+def numpy_channel_norms(kernel, depthwise, norm):
+    """Per output channel: (norm of its kernel entries, number of entries); NumPy reference."""
+    flat = kernel.reshape(-1, kernel.shape[2] * kernel.shape[3]) if depthwise else kernel.reshape(-1, kernel.shape[-1])
+    values = np.abs(flat).sum(0) if norm == "l1" else np.sqrt((flat.astype(np.float64) ** 2).sum(0))
+    return values, flat.shape[0]
+
+
+def test_l2_channel_criterion_matches_numpy():
+    model = prune(depthwise_cnn(), ConstantSparsity(0.5, 0, frequency=1), granularity="channel", criterion="l2")
+    wrappers = pruning_wrappers(model)
+    assert {w.layer.name for w in wrappers} == {"conv1", "dw", "conv2", "fc"}
+    kernels = {w.layer.name: kernel(w).copy() for w in wrappers}
+    update_masks(model, 0)
+    for w in wrappers:
+        norms, _ = numpy_channel_norms(kernels[w.layer.name], w.layer.name == "dw", "l2")
+        np.testing.assert_allclose(w.criterion.channel_scores(w)[w.channel_mask_numpy() == 1],
+                                   norms[w.channel_mask_numpy() == 1], rtol=1e-5)
+        expected = np.ones(norms.size)
+        expected[np.argsort(norms, kind="stable")[: round(0.5 * norms.size)]] = 0
+        np.testing.assert_array_equal(w.channel_mask_numpy(), expected, err_msg=w.layer.name)
+        # whole channels: every kernel entry of a pruned channel is 0, of a kept one is 1
+        mask = keras.ops.convert_to_numpy(w.mask)
+        flat = mask.reshape(-1, expected.size) if w.layer.name == "dw" else mask.reshape(-1, mask.shape[-1])
+        assert np.all(flat == expected[None, :])
+
+
+def reference_global_channels(scores: list[np.ndarray], sparsity: float, fraction: float) -> list[np.ndarray]:
+    """Water-filling: walk the global ranking, each layer prunes at most (n - floor) channels,
+    stop once round(sparsity * total) channels are pruned (Tanaka et al. 2020's floor)."""
+    sizes = [s.size for s in scores]
+    caps = [n - max(1, int(np.ceil(fraction * n))) for n in sizes]
+    owner = np.concatenate([np.full(n, i) for i, n in enumerate(sizes)])
+    order = np.argsort(np.concatenate(scores), kind="stable")
+    budget = round(sparsity * sum(sizes))
+    for r in range(len(order) + 1):
+        counts = np.bincount(owner[order[:r]], minlength=len(sizes))
+        pruned = np.minimum(counts, caps)
+        if pruned.sum() >= budget:
+            break
+    masks = []
+    for s, p in zip(scores, pruned, strict=True):
+        keep = np.ones(s.size)
+        keep[np.argsort(s, kind="stable")[:p]] = 0
+        masks.append(keep)
+    return masks
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_global_channel_masks_match_numpy_with_the_floor(norm):
+    base = depthwise_cnn(seed=3)
+    conv1 = base.get_layer("conv1")
+    conv1.set_weights([conv1.get_weights()[0] * 0.02, conv1.get_weights()[1]])  # its channels rank lowest
+    model = prune(base, ConstantSparsity(0.5, 0, frequency=1), granularity="channel", scope="global",
+                  criterion=MagnitudeCriterion(norm), min_keep_fraction=0.25)
+    wrappers = pruning_wrappers(model)
+    scores = []
+    for w in wrappers:
+        values, group = numpy_channel_norms(kernel(w), w.layer.name == "dw", norm)
+        scores.append(values / (group if norm == "l1" else np.sqrt(group)))  # per-weight norm: fan-ins compare
+    update_masks(model, 0)
+    expected = reference_global_channels(scores, 0.5, 0.25)
+    for w, e in zip(wrappers, expected, strict=True):
+        np.testing.assert_array_equal(w.channel_mask_numpy(), e, err_msg=w.layer.name)
+    channels = [w.channel_mask_numpy() for w in wrappers]
+    assert sum(int((c == 0).sum()) for c in channels) == round(0.5 * sum(c.size for c in channels))
+    # conv1 (and fc, of large fan-in) would collapse without the floor: they keep exactly their floor;
+    # the other layers are cut at one threshold
+    total = round(0.5 * sum(s.size for s in scores))
+    lowest = np.argsort(np.concatenate(scores), kind="stable")[:total]
+    assert np.all(np.isin(np.arange(8), lowest))
+    assert channels[0].sum() == np.ceil(0.25 * 8) and channels[3].sum() == np.ceil(0.25 * 16)
+    free = [i for i in range(1, len(channels)) if channels[i].sum() > np.ceil(0.25 * channels[i].size)]
+    assert len(free) >= 2
+    pruned_free = np.concatenate([scores[i][channels[i] == 0] for i in free])
+    kept_free = np.concatenate([scores[i][channels[i] == 1] for i in free])
+    assert pruned_free.size and pruned_free.max() <= kept_free.min()
+
+
+class _Random(MagnitudeCriterion):
+    """Scores that ignore the mask (fresh random numbers each call), so without ``nested`` a
+    second update would revive pruned weights."""
+
+    def __init__(self, norm="l2"):
+        super().__init__(norm)
+        self.rng = np.random.default_rng(0)
+
+    def scores(self, wrapper):
+        return self.rng.random(tuple(wrapper.mask.shape))
+
+    def channel_scores(self, wrapper):
+        return self.rng.random(wrapper.channel_mask_numpy().size)
+
+
+@pytest.mark.parametrize("granularity, scope", [("weight", "layer"), ("channel", "global")])
+def test_nested_update_keeps_what_is_pruned_pruned(granularity, scope):
+    model = prune(small_cnn(bn=False), ConstantSparsity(0.3, 0, frequency=1), granularity=granularity,
+                  scope=scope, criterion=_Random())
+    update_masks(model, 0)
+    first = {w.name: keras.ops.convert_to_numpy(w.mask).copy() for w in pruning_wrappers(model)}
+    update_masks(model, 0, force_sparsity=0.6, nested=True)
+    now = {w.name: keras.ops.convert_to_numpy(w.mask) for w in pruning_wrappers(model)}
+    assert all(np.all(now[name] <= m) for name, m in first.items())
+    assert sum(m.sum() for m in now.values()) < sum(m.sum() for m in first.values())
+    update_masks(model, 0, force_sparsity=0.6)  # not nested: the random scores revive some
+    assert any((keras.ops.convert_to_numpy(w.mask) > first[w.name]).any() for w in pruning_wrappers(model))

@@ -122,3 +122,59 @@ def test_rigl_dense_gradient_equals_the_gradient_of_the_plain_model():
     for ours, ref, mask in zip(grads, reference, masks, strict=True):
         np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-5, atol=1e-6)
         assert np.count_nonzero(ours[mask == 0]) > 0  # dense: inactive weights get a gradient too
+
+
+class Capture(keras.callbacks.Callback):
+    """Masks and kernels at the first batch whose pruning step is ``step`` (and, with ``plain``,
+    the baked plain model for RigL's reference gradient)."""
+
+    def __init__(self, step, plain=False):
+        super().__init__()
+        self.step, self.plain, self.state, self.model_copy = step, plain, None, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        wrappers = pruning_wrappers(self.model)
+        if self.state is None and int(keras.ops.convert_to_numpy(wrappers[0].pruning_step)) == self.step:
+            self.state = [(keras.ops.convert_to_numpy(w.mask).reshape(-1).copy(),
+                           keras.ops.convert_to_numpy(w.kernel_variable).reshape(-1).copy()) for w in wrappers]
+            if self.plain:
+                self.model_copy = strip(self.model)
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_one_update_drops_the_smallest_and_grows_the_largest_dense_gradients(method):
+    """Evci et al. 2020, Alg. 1: drop the k = f_decay(t) * |active| active weights of smallest |w|;
+    RigL grows the k inactive weights of largest |dL/dW| (dense gradient), SET k random inactive
+    ones (Mocanu et al. 2018); new weights start at 0."""
+    model, x, y = make(ConstantSparsity(0.7, begin_step=0, end_step=0))
+    update_at, total, alpha, end_fraction = 4, 20, 0.3, 0.75
+    callback = SparseTraining(method, update_freq=update_at, drop_fraction=alpha, end_fraction=end_fraction,
+                              total_steps=total, data=(x, y), batch_size=len(x))
+    # SparseTraining updates at step 4, then advances the step: before it the step reads 4, after it 5
+    before, after = Capture(update_at, plain=method == "rigl"), Capture(update_at + 1)
+    model.fit(x[:96], y[:96], batch_size=16, epochs=1, shuffle=False, verbose=0,
+              callbacks=[before, callback, after])  # 6 steps: one update, at step 4
+    assert callback.updates == 1
+    fraction = alpha * (1 + np.cos(np.pi * update_at / (end_fraction * total))) / 2
+    if method == "rigl":
+        plain = before.model_copy  # effective weights at the update, no masks: the dense gradient
+        with tf.GradientTape() as tape:
+            loss = plain.compute_loss(x=x, y=y, y_pred=plain(x, training=False))
+        kernels = [plain.get_layer(name).kernel for name in ("fc1", "out")]
+        dense = [g.numpy().reshape(-1) for g in tape.gradient(loss, [k.value for k in kernels])]
+    for i, ((mask0, w0), (mask1, w1)) in enumerate(zip(before.state, after.state, strict=True)):
+        active, inactive = np.flatnonzero(mask0), np.flatnonzero(mask0 == 0)
+        k = min(int(fraction * active.size), inactive.size)
+        assert k > 0
+        dropped = np.flatnonzero((mask0 == 1) & (mask1 == 0))
+        grown = np.flatnonzero((mask0 == 0) & (mask1 == 1))
+        assert dropped.size == grown.size == k and mask1.sum() == mask0.sum()
+        # dropped: exactly the k smallest |w| among the active weights
+        np.testing.assert_array_equal(np.sort(dropped), np.sort(active[np.argsort(np.abs(w0[active]), kind="stable")[:k]]))
+        assert np.abs(w0[dropped]).max() <= np.abs(w0[np.setdiff1d(active, dropped)]).min()
+        assert np.all(w1[dropped] == 0) and np.all(w1[grown] == 0)  # grown weights start at zero
+        if method == "rigl":
+            g = np.abs(dense[i])
+            expected = inactive[np.argsort(-g[inactive], kind="stable")[:k]]
+            np.testing.assert_array_equal(np.sort(grown), np.sort(expected))
+            assert g[grown].min() >= g[np.setdiff1d(inactive, grown)].max()

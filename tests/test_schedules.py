@@ -1,4 +1,9 @@
-"""Pruning schedules against tfmot's own schedule objects (run under tf_keras in a subprocess)."""
+"""Pruning schedules against tfmot's own schedule objects (run under tf_keras in a subprocess).
+
+tfmot is part of the ``[test]`` extra: when it is missing the reference test fails, never skips.
+It is imported only in the subprocess: importing it here would set TF_USE_LEGACY_KERAS=1 for
+this whole Keras 3 test process.
+"""
 
 from __future__ import annotations
 
@@ -41,10 +46,12 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def tfmot_reference():
-    pytest.importorskip("tensorflow_model_optimization", reason="tfmot (the reference) is not installed")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-c", TFMOT_SCRIPT, json.dumps(CASES), str(STEPS)],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
+    if "No module named 'tensorflow_model_optimization'" in done.stderr or "No module named 'tf_keras'" in done.stderr:
+        pytest.fail("tfmot (the reference) is not installed; it is in the [test] extra: pip install -e '.[test]'\n"
+                    + done.stderr[-500:])
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

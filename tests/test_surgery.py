@@ -237,3 +237,28 @@ def test_conv1d_and_separable_conv1d():
     assert report.channels["c"] == (8, 5) and report.channels["sep"] == (6, 5)
     assert small.get_layer("sep").get_weights()[0].shape[1] == 5  # depthwise part follows c
     assert_same(small, model, inputs_for(model))
+
+
+def test_channel_pruned_residual_model_shrinks_to_the_stripped_outputs():
+    """prune(granularity="channel") -> update_masks -> shrink on residual Add, Concatenate,
+    DepthwiseConv2D and SeparableConv2D: the shrunk model computes what the masked one does."""
+    from tfcompress.pruning import pruning_wrappers
+
+    model = residual_model(seed=4)
+    randomize_bn(model)
+    pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel")
+    update_masks(pruned, 0)
+    channel = {w.layer.name: w.channel_mask_numpy() for w in pruning_wrappers(pruned)}
+    assert set(channel) == {"a", "b", "dw", "c", "sep"}  # "out" feeds the model output: left alone
+    x = inputs_for(model, 32)
+    plain = strip(pruned)
+    small, report = shrink(pruned, return_report=True)
+    np.testing.assert_allclose(small.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-5)
+    # the Add group keeps a channel if either branch keeps it (removed jointly across the group)
+    group = 8 - int(((channel["a"] == 0) & (channel["b"] == 0)).sum())
+    assert report.channels["a"] == report.channels["b"] == (8, group) and group < 8
+    assert report.channels["c"] == (6, int(channel["c"].sum()))
+    assert report.channels["sep"] == (5, int(channel["sep"].sum()))
+    assert small.get_layer("dw").get_weights()[0].shape[2] == group  # depthwise follows its input
+    assert small.get_layer("sep").get_weights()[0].shape[2] == group + int(channel["c"].sum())  # concatenation
+    assert report.params_after < report.params_before and report.macs_after < report.macs_before

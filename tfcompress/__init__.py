@@ -19,12 +19,13 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "bayesian", "callbacks", "clustering", "criteria", "datasets", "errors", "export", "layers", "metrics",
-    "models", "packing", "pruning", "qat", "quantizers", "regularizers", "schedules", "surgery",
+    "models", "packing", "pipelines", "pruning", "qat", "quantizers", "regularizers", "schedules", "surgery",
 )
 _FUNCTIONS = {
     "prune": "tfcompress.pruning",
     "strip": "tfcompress.pruning",
     "pruning_summary": "tfcompress.pruning",
+    "iterative_prune": "tfcompress.pipelines",
     "shrink": "tfcompress.surgery",
     "quantize": "tfcompress.qat",
     "cluster": "tfcompress.clustering",

@@ -6,7 +6,12 @@ which runs the model on ``num_batches`` batches and records what the criterion n
 are "larger = keep"; the lowest are pruned.
 
 Channel criteria (from the pruning lecture, seed 002, "Network Pruning: Criterion"), on the
-output z_k of the pruned layer (after its fused activation):
+output z_k of the pruned channel as the next layer sees it: after the layer's fused activation,
+or, when that is linear (Conv -> BatchNormalization -> ReLU blocks), at the first activation
+layer reached through the BatchNormalization / activation layers that alone consume the
+layer's output (see :func:`activation_point`). Pruning a channel makes exactly that z_k zero
+(its BN output is masked), and APoZ counts zeros that only a ReLU produces: measured on the
+convolution's own, pre-activation output it would be ~0 for every channel.
 
 ``MeanActivation``   mean of z_k over samples and positions (Molchanov et al. 2016, sec. 2.2).
 ``APoZ``             Average Percentage of Zeros of z_k (Hu et al. 2016, "Network Trimming",
@@ -88,10 +93,80 @@ class _DataCriterion(PruningCriterion):
         return {"num_batches": self.num_batches, "batch_size": self.batch_size, "seed": self.seed}
 
 
+_ACTIVATION_LAYERS = (keras.layers.ReLU, keras.layers.Activation, keras.layers.LeakyReLU, keras.layers.ELU,
+                      keras.layers.PReLU, keras.layers.Softmax)
+
+
+def _is_linear(layer) -> bool:
+    activation = getattr(layer, "activation", None)
+    return activation is None or activation is keras.activations.linear
+
+
+def _single_consumer(layer, model):
+    """The one layer of ``model`` that consumes ``layer``'s (single) output, else None."""
+    members = {id(m) for m in model.layers}
+    consumers = [n.operation for n in getattr(layer, "_outbound_nodes", []) if id(n.operation) in members]
+    if len(getattr(layer, "_inbound_nodes", [])) != 1 or len(consumers) != 1:
+        return None
+    consumer = consumers[0]
+    if len(consumer._inbound_nodes) != 1 or len(consumer._inbound_nodes[0].parent_nodes) != 1:
+        return None
+    return consumer
+
+
+def activation_point(wrapper, model) -> tuple[Any, bool]:
+    """Where a channel's output z_k is measured: (layer whose output it is, after a nonlinearity).
+
+    The wrapped layer itself when its fused activation is not linear; otherwise the first
+    activation layer (ReLU, Activation, LeakyReLU, ELU, PReLU, Softmax) reached through layers
+    that alone consume the previous one's output and are BatchNormalization (masked or not) or
+    activations. If the chain ends before an activation (e.g. at a residual Add), the last
+    layer reached, with ``False``.
+    """
+    from tfcompress.pruning import MaskedBatchNormalization
+
+    if not _is_linear(wrapper.layer):
+        return wrapper, True
+    point = wrapper
+    while True:
+        nxt = _single_consumer(point, model)
+        if isinstance(nxt, _ACTIVATION_LAYERS):
+            if isinstance(nxt, keras.layers.Activation) and _is_linear(nxt):
+                point = nxt
+                continue
+            return nxt, True
+        if isinstance(nxt, keras.layers.BatchNormalization | MaskedBatchNormalization):
+            point = nxt
+            continue
+        return point, False
+
+
 class _ActivationCriterion(_DataCriterion):
-    """Per-channel statistics of the wrapped layers' outputs (and their gradients)."""
+    """Per-channel statistics of the pruned channels' outputs (and their gradients), measured
+    at :func:`activation_point`."""
 
     uses_gradient = False
+    needs_nonlinearity = False
+
+    def probe_points(self, model, wrappers) -> list:
+        points = []
+        for w in wrappers:
+            layer, nonlinear = activation_point(w, model)
+            if self.needs_nonlinearity and not nonlinear:
+                raise TfcompressError(
+                    f"{type(self).__name__} counts the zeros of a channel after its activation, but "
+                    f"{w.layer.name} has a linear activation and no activation layer follows it directly "
+                    "(through BatchNormalization)",
+                    w.name,
+                    "give the layer activation='relu' or a ReLU after it, or choose another criterion for it "
+                    "with prune(..., layers={name: {'criterion': 'l2'}})",
+                )
+            points.append(layer)
+        return points
+
+    def global_channel_scores(self, wrapper) -> np.ndarray:
+        """Per-channel averages already compare across layers: no fan-in normalization."""
+        return self.channel_scores(wrapper)
 
     def prepare(self, model, wrappers) -> None:
         import tensorflow as tf
@@ -100,7 +175,8 @@ class _ActivationCriterion(_DataCriterion):
         if len(top) != len(wrappers):
             raise TfcompressError("activation criteria need the pruned layers at the top level of the model",
                                   model.name, "flatten nested models, or use a weight criterion")
-        probe = keras.Model(model.inputs, [w.output for w in top] + list(model.outputs))
+        points = self.probe_points(model, top)
+        probe = keras.Model(model.inputs, [p.output for p in points] + list(model.outputs))
         sums: dict[str, np.ndarray] = {}
         count = 0
         for xb, yb in _batches(self.data, self.num_batches, self.batch_size, self.seed):
@@ -139,7 +215,11 @@ class MeanActivation(_ActivationCriterion):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class APoZ(_ActivationCriterion):
-    """1 - Average Percentage of Zeros of each channel's output (Hu et al. 2016, eq. 1)."""
+    """1 - Average Percentage of Zeros of each channel's output after its ReLU (Hu et al. 2016,
+    eq. 1). A layer with neither a fused activation nor an activation layer after it (through
+    BatchNormalization) is an error: its output has no zeros to count."""
+
+    needs_nonlinearity = True
 
     def per_sample(self, activation, gradient):
         return 1.0 - (_positions(activation) == 0).mean(axis=1)
@@ -215,6 +295,11 @@ class _GradientCriterion(_DataCriterion):
         from tfcompress.pruning import channel_reduce
 
         return channel_reduce(wrapper, self.scores(wrapper), np.sum)
+
+    def global_channel_scores(self, wrapper) -> np.ndarray:
+        """The summed saliency estimates the loss change of removing the whole channel, which
+        compares across layers as it is: no fan-in normalization."""
+        return self.channel_scores(wrapper)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")

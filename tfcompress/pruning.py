@@ -27,11 +27,15 @@ Granularity:
                sparsity is 1 - N/M; the schedule only decides when masks are updated.
 
 Scope: ``"layer"`` gives every layer the schedule's sparsity; ``"global"`` ranks all scores of
-all globally-scoped layers together (weights by |w|, channels by their norm divided by the
-group size so layers of different fan-in compare), while no layer keeps less than
-``min_keep_fraction`` of its weights / channels: Tanaka et al. (NeurIPS 2020, "Pruning neural
-networks without any data by iteratively conserving synaptic flow") show that global magnitude
-pruning otherwise collapses whole layers at high sparsity.
+all globally-scoped layers together (weights by |w|; channels by the criterion's
+``global_channel_scores``, for magnitude the channel's norm per weight, L2 / sqrt(n) or
+L1 / n with n the channel's fan-in, so layers of different fan-in compare), while no layer
+keeps less than ``min_keep_fraction`` of its weights / channels: Tanaka et al. (NeurIPS 2020,
+"Pruning neural networks without any data by iteratively conserving synaptic flow") show that
+global magnitude pruning otherwise collapses whole layers at high sparsity.
+
+Layers `prune` cannot handle (LSTM, Conv2DTranspose, Embedding, ...) are left dense with a
+WARNING on the ``"tfcompress"`` logger naming the layer type and the supported ones.
 
 Criteria are small serializable objects (:class:`PruningCriterion`); the default
 ``"magnitude"`` scores weights by |w| and channels by their L2 norm (``"l1"`` for the L1 norm).
@@ -86,6 +90,16 @@ class PruningCriterion:
         """Per output channel: the L2 norm of the channel's scores."""
         return np.sqrt(channel_reduce(wrapper, self.scores(wrapper) ** 2, np.sum))
 
+    def global_channel_scores(self, wrapper: PruneLowMagnitude) -> np.ndarray:
+        """Channel scores made comparable across layers for ``scope="global"``.
+
+        The default divides by sqrt(group size), the number of kernel entries per channel
+        (fan-in), so an L2 norm becomes the root mean square of the channel's scores; criteria
+        whose channel scores are already per-channel estimates (activation statistics, loss
+        changes) override this and return :meth:`channel_scores` unchanged.
+        """
+        return self.channel_scores(wrapper) / math.sqrt(channel_group_size(wrapper))
+
     def observe(self, wrapper: PruneLowMagnitude, inputs, outputs, grads) -> None:  # noqa: B027
         """Accumulate statistics (no-op for weight-only criteria)."""
 
@@ -116,6 +130,13 @@ class MagnitudeCriterion(PruningCriterion):
         if self.norm == "l1":
             return channel_reduce(wrapper, w, np.sum)
         return np.sqrt(channel_reduce(wrapper, w**2, np.sum))
+
+    def global_channel_scores(self, wrapper: PruneLowMagnitude) -> np.ndarray:
+        """Per-weight averages, so layers of different fan-in n compare: ||w_c||_2 / sqrt(n)
+        (root mean square) for ``"l2"``, ||w_c||_1 / n (mean |w|) for ``"l1"``."""
+        group = channel_group_size(wrapper)
+        scores = self.channel_scores(wrapper)
+        return scores / group if self.norm == "l1" else scores / math.sqrt(group)
 
     def get_config(self) -> dict[str, Any]:
         return {"norm": self.norm}
@@ -177,6 +198,12 @@ def channel_reduce(wrapper: PruneLowMagnitude, values: np.ndarray, reduce: Calla
         kh, kw, cin, mult = values.shape  # output channel c * mult + k
         return reduce(values.reshape(kh * kw, cin * mult), axis=0)
     return reduce(values.reshape(-1, values.shape[-1]), axis=0)
+
+
+def channel_group_size(wrapper: PruneLowMagnitude) -> int:
+    """Kernel entries per output channel (kh * kw for a depthwise channel, the fan-in otherwise)."""
+    size = int(np.prod(wrapper.mask.shape))
+    return max(size // max(int(wrapper.channel_mask_numpy().size), 1), 1)
 
 
 def channel_to_kernel(wrapper: PruneLowMagnitude, channel_mask: np.ndarray) -> np.ndarray:
@@ -407,6 +434,24 @@ def _producer(layer):
     return nodes[0].parent_nodes[0].operation
 
 
+def _supported_names() -> str:
+    return ", ".join(t.__name__ for t in PRUNABLE_TYPES)
+
+
+def _unsupported_reason(layer) -> tuple[bool, str] | None:
+    """Why `prune` leaves a layer with weights alone: (has a weight matrix, reason), or None for
+    layers whose weights are pruned with their producer (BatchNormalization) or have none."""
+    if not layer.weights or isinstance(layer, keras.layers.BatchNormalization):
+        return None
+    matrices = [w.path.split("/")[-1] for w in layer.weights if len(w.shape) >= 2]
+    kind = type(layer).__name__
+    if matrices:
+        return True, (f"{kind} layers are not supported (weights {', '.join(sorted(set(matrices)))} stay dense); "
+                      f"prunable layer types are {_supported_names()} and their subclasses")
+    return False, (f"{kind} has no weight matrix to prune (only vectors); prunable layer types are "
+                   f"{_supported_names()}")
+
+
 def _settings_for(layer, layers, defaults: dict) -> dict | None:
     if layers is None:
         return dict(defaults)
@@ -494,12 +539,19 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
         settings = _settings_for(layer, layers, defaults)
         if settings is None:
             continue
+        explicit = isinstance(layers, dict) or callable(layers)
         if not isinstance(layer, PRUNABLE_TYPES):
-            if layer.weights and not isinstance(layer, keras.layers.BatchNormalization):
-                logger.info("prune: leaving %s (%s) alone: no prunable kernel", layer.name, type(layer).__name__)
+            reason = _unsupported_reason(layer)
+            if reason is not None:
+                # a weight matrix left dense, or a layer the user asked for: say so where users look
+                level = logging.WARNING if reason[0] or explicit else logging.INFO
+                logger.log(level, "prune: leaving %s (%s) alone: %s", layer.name, type(layer).__name__, reason[1])
             continue
         if parse_granularity(settings["granularity"])[0] == "channel" and layer in output_layers:
-            logger.info("prune: leaving %s alone for channel pruning: its units are model outputs", layer.name)
+            level = logging.WARNING if explicit else logging.INFO
+            logger.log(level, "prune: leaving %s (%s) alone for channel pruning: its units are model outputs "
+                       "(removing one would change the output shape); prune it with granularity='weight' "
+                       "or 'N:M' through layers=", layer.name, type(layer).__name__)
             continue
         plan[id(layer)] = settings
     followers: dict[int, str] = {}
@@ -591,29 +643,40 @@ def strip(model) -> keras.Model:
 # --------------------------------------------------------------------------- mask updates
 
 
-def _layer_mask(wrapper: PruneLowMagnitude, sparsity: float) -> np.ndarray:
+def _pruned_first(wrapper: PruneLowMagnitude, scores: np.ndarray, nested: bool, channel: bool) -> np.ndarray:
+    """With ``nested``, entries the current mask has pruned score -inf: they stay pruned."""
+    if not nested:
+        return scores
+    current = wrapper.channel_mask_numpy() if channel else keras.ops.convert_to_numpy(wrapper.mask)
+    return np.where(current.reshape(scores.shape) == 0, -np.inf, scores.astype(np.float64))
+
+
+def _layer_mask(wrapper: PruneLowMagnitude, sparsity: float, nested: bool = False) -> np.ndarray:
     if wrapper.kind == "n:m":
         n, m = wrapper.n_m
         return n_m_mask(wrapper.criterion.scores(wrapper), n, m, _input_axis(wrapper.layer))
     if wrapper.kind == "channel":
-        scores = wrapper.criterion.channel_scores(wrapper)
+        scores = _pruned_first(wrapper, wrapper.criterion.channel_scores(wrapper), nested, True)
         count = min(int(round(sparsity * scores.size)), scores.size - 1)
         return channel_to_kernel(wrapper, (~_lowest(scores, count)).astype(np.float32))
-    scores = wrapper.criterion.scores(wrapper)
+    scores = _pruned_first(wrapper, wrapper.criterion.scores(wrapper), nested, False)
     count = int(round(sparsity * scores.size))
     return (~_lowest(scores, count)).astype(np.float32)
 
 
-def _global_masks(wrappers: list[PruneLowMagnitude], sparsity: float) -> list[np.ndarray]:
-    """One ranking over all layers; layers that would fall below their floor keep their floor."""
+def _global_masks(wrappers: list[PruneLowMagnitude], sparsity: float, nested: bool = False) -> list[np.ndarray]:
+    """One ranking over all layers; layers that would fall below their floor keep their floor.
+
+    Channels are ranked by `PruningCriterion.global_channel_scores` (for magnitude: the norm
+    per weight of the channel, so layers of different fan-in compare).
+    """
     channel = wrappers[0].kind == "channel"
     scores = []
     for w in wrappers:
         if channel:
-            group = max(int(np.prod(w.mask.shape)) // w.channel_mask_numpy().size, 1)
-            scores.append(w.criterion.channel_scores(w) / math.sqrt(group))
+            scores.append(_pruned_first(w, w.criterion.global_channel_scores(w), nested, True))
         else:
-            scores.append(w.criterion.scores(w).reshape(-1))
+            scores.append(_pruned_first(w, w.criterion.scores(w), nested, False).reshape(-1))
     sizes = [s.size for s in scores]
     floors = [max(1, math.ceil(w.min_keep_fraction * n)) for w, n in zip(wrappers, sizes, strict=True)]
     total_prune = int(round(sparsity * sum(sizes)))
@@ -645,11 +708,14 @@ def _global_masks(wrappers: list[PruneLowMagnitude], sparsity: float) -> list[np
     return masks
 
 
-def update_masks(model, step: int, force_sparsity: float | None = None) -> dict[str, float]:
+def update_masks(model, step: int, force_sparsity: float | None = None, *, nested: bool = False) -> dict[str, float]:
     """Apply every wrapper's schedule at ``step``: recompute masks where it says so.
 
     Returns the sparsity each updated layer now has. Runs eagerly (cross-replica under a
     distribution strategy); also zeroes the pruned kernel entries so they are really 0.
+    With ``nested=True`` what is pruned now stays pruned (the new masks are subsets of the old
+    ones, as in iterative pruning) whatever the criterion's scores, provided the sparsity does
+    not decrease (N:M masks are recomputed as usual).
     """
     wrappers = pruning_wrappers(model)
     updated: dict[str, float] = {}
@@ -669,11 +735,11 @@ def update_masks(model, step: int, force_sparsity: float | None = None) -> dict[
             prepared.add(id(criterion))
     local = [(w, s) for w, s in due if w.scope == "layer" or w.kind == "n:m"]
     global_ = [(w, s) for w, s in due if w.scope == "global" and w.kind != "n:m"]
-    new_masks = [(w, _layer_mask(w, s)) for w, s in local]
+    new_masks = [(w, _layer_mask(w, s, nested)) for w, s in local]
     for kind in ("weight", "channel"):
         group = [(w, s) for w, s in global_ if w.kind == kind]
         if group:
-            masks = _global_masks([w for w, _ in group], group[0][1])
+            masks = _global_masks([w for w, _ in group], group[0][1], nested)
             new_masks += list(zip([w for w, _ in group], masks, strict=True))
     for w, mask in new_masks:
         w.mask.assign(mask.astype(w.mask.dtype))

@@ -49,6 +49,47 @@ def _step(model) -> int:
     return int(keras.ops.convert_to_numpy(pruning_wrappers(model)[0].pruning_step))
 
 
+def snapshot_weights(model) -> list[np.ndarray]:
+    """The values of ``model.trainable_variables`` (a rewind point theta_k for `rewind_weights`)."""
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in model.trainable_variables]
+
+
+def rewind_weights(model, saved: list[np.ndarray]) -> None:
+    """Set every trainable variable to its saved value, pruned kernels to saved * mask: theta_k * m
+    (Frankle and Carbin 2019, sec. 1, step 4; Frankle et al. 2020, sec. 3 for k > 0)."""
+    variables = model.trainable_variables
+    if len(variables) != len(saved):
+        raise TfcompressError(
+            f"{len(saved)} saved values for {len(variables)} trainable variables", "rewind_weights",
+            "take the snapshot with snapshot_weights on this same model",
+        )
+    masks = {id(w.kernel_variable): keras.ops.convert_to_numpy(w.mask) for w in pruning_wrappers(model)}
+    for variable, value in zip(variables, saved, strict=True):
+        mask = masks.get(id(variable))
+        variable.assign(value * mask if mask is not None else value)
+
+
+def reset_optimizer(optimizer, *, iterations: bool = False, learning_rate: float | None = None) -> None:
+    """Zero the optimizer's slot variables (moments): they belong to the old trajectory.
+
+    With ``iterations=True`` the step counter restarts at 0 too, so a
+    ``keras.optimizers.schedules.LearningRateSchedule`` replays from its start (learning-rate
+    rewinding, Renda et al. 2020, sec. 3); ``learning_rate`` restores a constant rate.
+    """
+    if optimizer is None or not getattr(optimizer, "built", False):
+        return
+    keep = {id(optimizer.iterations), id(getattr(optimizer, "_learning_rate", None))}
+    for v in optimizer.variables:
+        name = v.path.split("/")[-1]
+        if id(v) in keep or "iteration" in name or "learning_rate" in name:
+            continue
+        v.assign(np.zeros(v.shape, dtype=v.dtype))
+    if iterations:
+        optimizer.iterations.assign(0)
+    if learning_rate is not None and not callable(getattr(optimizer, "_learning_rate", None)):
+        optimizer.learning_rate = learning_rate  # a constant rate (a schedule replays from iterations)
+
+
 @keras.saving.register_keras_serializable(package="tfcompress")
 class WeightRewinding(keras.callbacks.Callback):
     """Rewind the surviving weights to their values at ``rewind_step`` once pruning is over.
@@ -80,7 +121,7 @@ class WeightRewinding(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         step = _step(self.model)  # UpdatePruning ran first: the step of the batch about to run, + 1
         if self._saved is None and step - 1 == self.rewind_step:
-            self._saved = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+            self._saved = snapshot_weights(self.model)
         if not self.rewound and step - 1 >= self._end:
             self._rewind()
 
@@ -88,19 +129,10 @@ class WeightRewinding(keras.callbacks.Callback):
         if self._saved is None:
             raise TfcompressError("the rewind point was never reached in this fit", "WeightRewinding",
                                   "start fit before rewind_step (or use rewind_step=0)")
-        masks = {id(w.kernel_variable): keras.ops.convert_to_numpy(w.mask) for w in pruning_wrappers(self.model)}
-        for variable, value in zip(self.model.trainable_variables, self._saved, strict=True):
-            mask = masks.get(id(variable))
-            variable.assign(value * mask if mask is not None else value)
-        optimizer = self.model.optimizer
-        if self.reset_optimizer and optimizer is not None:
+        rewind_weights(self.model, self._saved)
+        if self.reset_optimizer:
             # reset the slots (moments), never the step counter or the learning rate
-            keep = {id(optimizer.iterations), id(getattr(optimizer, "_learning_rate", None))}
-            for v in optimizer.variables:
-                name = v.path.split("/")[-1]
-                if id(v) in keep or "iteration" in name or "learning_rate" in name:
-                    continue
-                v.assign(np.zeros(v.shape, dtype=v.dtype))
+            reset_optimizer(self.model.optimizer)
         self.rewound = True
 
     def get_config(self) -> dict[str, Any]:

@@ -15,6 +15,12 @@ of the drop fraction is RigL's, used for both so they compare.)
 RigL (Evci et al., ICML 2020, "Rigging the Lottery: Making All Tickets Winners", Algorithm 1
 and eq. 1): grows the connections with the largest magnitude of the dense gradient
 dL/dW_eff, computed on a batch of ``data`` with every mask set to one.
+
+Drop and grow sets: the k = f_decay(t) * |active| active weights of smallest |w| are dropped,
+and k weights grown among those inactive *before* the update. Algorithm 1 writes the grow set
+as ArgTopK over i not in (theta minus I_drop), which also admits the just-dropped weights, so
+one may come straight back; excluding them here makes every update replace exactly k
+connections, so the drop fraction is the rewiring rate.
 """
 
 from __future__ import annotations
