@@ -16,11 +16,12 @@ RigL (Evci et al., ICML 2020, "Rigging the Lottery: Making All Tickets Winners",
 and eq. 1): grows the connections with the largest magnitude of the dense gradient
 dL/dW_eff, computed on a batch of ``data`` with every mask set to one.
 
-Drop and grow sets: the k = f_decay(t) * |active| active weights of smallest |w| are dropped,
-and k weights grown among those inactive *before* the update. Algorithm 1 writes the grow set
-as ArgTopK over i not in (theta minus I_drop), which also admits the just-dropped weights, so
-one may come straight back; excluding them here makes every update replace exactly k
-connections, so the drop fraction is the rewiring rate.
+Drop and grow sets: the k = f_decay(t) * |active| active weights of smallest |w| are dropped.
+RigL grows the k of largest |dL/dW| among all weights outside the kept set, as Algorithm 1
+writes it (ArgTopK over i not in theta minus I_drop): a just-dropped weight whose gradient is
+large comes straight back and keeps its value, as in the authors' implementation; only
+connections that were inactive before the update start at 0. SET grows k weights at random
+among those inactive before the update (Mocanu et al.: new random connections).
 """
 
 from __future__ import annotations
@@ -134,14 +135,16 @@ class SparseTraining(keras.callbacks.Callback):
             drop = active[np.argsort(np.abs(kernel[active]), kind="stable")[:count]]
             if self.method == "rigl":
                 g = np.abs(grads[i].reshape(-1))
-                # grow among the weights inactive before this update (dropped ones may not return)
-                grow = inactive[np.argsort(-g[inactive], kind="stable")[:count]]
+                # Algorithm 1: grow among everything outside the kept set (dropped ones included)
+                candidates = np.union1d(inactive, drop)
+                grow = candidates[np.argsort(-g[candidates], kind="stable")[:count]]
             else:
                 grow = self._rng.choice(inactive, count, replace=False)
+            new = np.setdiff1d(grow, active)  # connections that were not active before
             mask[drop] = 0.0
             mask[grow] = 1.0
-            kernel[drop] = 0.0
-            kernel[grow] = 0.0  # new connections start at zero
+            kernel[np.setdiff1d(drop, grow)] = 0.0
+            kernel[new] = 0.0  # new connections start at zero; a regrown one keeps its value
             w.mask.assign(mask.reshape(w.mask.shape))
             w.kernel_variable.assign(kernel.reshape(w.kernel_variable.shape))
         self.updates += 1
