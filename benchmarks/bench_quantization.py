@@ -10,12 +10,22 @@ runs sparsity-preserving QAT for ``--epochs``. Binary, ternary and hashed models
 layers, so they train from scratch for ``--pretrain-epochs + --epochs`` (the same budget).
 Accuracy is measured in Keras and on LiteRT (int8 file); latencies are one interleaved LiteRT
 run at 1 thread. "packed / DC size": bit-packed weights (binary, ternary), float32 real
-parameters (hashed), Deep Compression estimate (pruned and clustered rows).
+parameters (hashed), Deep Compression estimate (pruned and clustered rows). "bits per weight":
+what one kernel weight carries: 32 (float), 8 (int8 rows), log2(levels) from
+``tfcompress.packing.weight_bits_report`` (binary 1, ternary log2 3), 32 * real / virtual
+parameters (hashed), log2(centroids) (clustered); for the Larq peer, log2 of the distinct int8
+values per output channel of its exported kernels.
+
+Peers (tf_keras, in a subprocess, see peer_tfmot.py): tfmot ``quantize_model`` for the QAT row,
+Larq (QuantConv2D / QuantDense, ste_sign + weight_clip) for the binary row, same model, epochs
+and optimizer. When larq cannot be installed beside this TensorFlow / tf_keras / NumPy, its row
+says why (measured with ``pip install --dry-run larq``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -23,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import harness  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def lenet_variant(kind: str, seed: int = 0, compression: float | None = None):
@@ -64,14 +75,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images (smoke runs)")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--larq-dir", default=None,
+                        help="a folder holding larq installed with pip's --no-deps --target (larq pins numpy<2)")
     args = parser.parse_args()
-
-    import numpy as np
 
     import tfcompress
     from tfcompress.callbacks import UpdatePruning
     from tfcompress.clustering import deep_compression_size
     from tfcompress.export import evaluate, to_tflite
+    from tfcompress.export.tflite_file import load_tflite
     from tfcompress.layers.hashed import hashed_report
     from tfcompress.packing import weight_bits_report
     from tfcompress.schedules import PolynomialDecay
@@ -99,13 +111,14 @@ def main() -> None:
     rows.append({"model": "float32", "keras accuracy": round(common.keras_accuracy(float_model, data), 4),
                  "int8 accuracy (LiteRT)": round(evaluate(float_path, data.x_test, data.y_test).accuracy, 4),
                  "size (bytes)": float_export.size_bytes, "gzip (bytes)": float_export.gzip_size_bytes,
-                 "s/epoch": round(seconds, 2), "_path": str(float_path), "note": "float32 TFLite"})
-    ptq = common.export_row("PTQ int8", float_model, data, **{"s/epoch": round(seconds, 2)})
+                 "bits per weight": 32, "s/epoch": round(seconds, 2), "_path": str(float_path),
+                 "note": "float32 TFLite"})
+    ptq = common.export_row("PTQ int8", float_model, data, **{"s/epoch": round(seconds, 2), "bits per weight": 8})
     rows.append(ptq)
 
     qat = tfcompress.quantize(fresh())
     seconds = fit(qat, args.epochs)
-    rows.append(common.export_row("QAT int8", qat, data, **{"s/epoch": round(seconds, 2)}))
+    rows.append(common.export_row("QAT int8", qat, data, **{"s/epoch": round(seconds, 2), "bits per weight": 8}))
 
     schedule = PolynomialDecay(0.0, 0.9, begin_step=0, end_step=int(0.6 * steps), frequency=100)
     pruned = tfcompress.prune(fresh(), schedule=schedule)
@@ -114,16 +127,21 @@ def main() -> None:
     pqat = tfcompress.quantize(plain, preserve_sparsity=True)
     seconds = fit(pqat, args.epochs)
     zeros_keras = sum(int((w == 0).sum()) for layer in plain.layers for w in layer.get_weights() if w.ndim > 1)
-    rows.append(common.export_row("pruned 90% + PQAT int8", pqat, data, **{
+    row = common.export_row("pruned 90% + PQAT int8", pqat, data, **{
         "s/epoch": round(seconds, 2), "packed / DC size (bytes)": deep_compression_size(plain).total_bytes,
-        "note": f"{zeros_keras:,} zero weights in the pruned Keras kernels"}))
+        "bits per weight": 8})
+    zeros_int8 = kernel_zeros(load_tflite(row["_path"]))
+    row["note"] = (f"{zeros_keras:,} zero weights in the pruned Keras kernels, {zeros_int8:,} in the int8 file's "
+                   f"kernels ({zeros_int8 - zeros_keras:+,d})")
+    rows.append(row)
 
     for kind in ("binary", "ternary"):
         model = lenet_variant(kind)
         seconds = fit(model, args.pretrain_epochs + args.epochs)
         bits = weight_bits_report(model)
         rows.append(common.export_row(f"{kind} (weights)", model, data, **{
-            "s/epoch": round(seconds, 2), "packed / DC size (bytes)": bits.packed_bytes}))
+            "s/epoch": round(seconds, 2), "packed / DC size (bytes)": bits.packed_bytes,
+            "bits per weight": round(bits.bits_per_weight, 3)}))
 
     for compression, label in ((1 / 8, "1/8"), (1 / 64, "1/64")):
         model = lenet_variant("hashed", compression=compression)
@@ -131,17 +149,18 @@ def main() -> None:
         report = hashed_report(model)
         rows.append(common.export_row(f"hashed {label}", model, data, **{
             "s/epoch": round(seconds, 2), "packed / DC size (bytes)": report.float32_bytes,
+            "bits per weight": round(32 * report.real_params / report.virtual_params, 3),
             "note": f"{report.real_params:,} real parameters"}))
 
-    clustered = tfcompress.cluster(fresh(), n_clusters=16)
+    n_clusters = 16
+    clustered = tfcompress.cluster(fresh(), n_clusters=n_clusters)
     seconds = fit(clustered, args.epochs)
-    rows.append(common.export_row("clustered 16", tfcompress.strip_clustering(clustered), data, **{
-        "s/epoch": round(seconds, 2), "packed / DC size (bytes)": deep_compression_size(clustered).total_bytes}))
+    rows.append(common.export_row(f"clustered {n_clusters}", tfcompress.strip_clustering(clustered), data, **{
+        "s/epoch": round(seconds, 2), "packed / DC size (bytes)": deep_compression_size(clustered).total_bytes,
+        "bits per weight": math.log2(n_clusters)}))
 
     if not args.skip_peer:
         from peer_tfmot import run_peer
-
-        from tfcompress.export.tflite_file import load_tflite
 
         peer = run_peer("qat", data, str(common._OUT / "tfmot_qat.tflite"), pretrain_epochs=args.pretrain_epochs,
                         epochs=args.epochs, batch_size=args.batch_size)
@@ -150,22 +169,25 @@ def main() -> None:
                      "keras accuracy": round(peer["keras_accuracy"], 4),
                      "int8 accuracy (LiteRT)": round(peer["int8_accuracy"], 4),
                      "int8 size (bytes)": parsed.size_bytes, "int8 gzip (bytes)": parsed.gzip_size_bytes,
+                     "int8 zero weights": parsed.weight_stats()["weight_zeros"], "bits per weight": 8,
                      "s/epoch": round(peer["seconds_per_epoch"], 2), "_path": peer["path"]})
+        rows.append(larq_row(run_peer, data, args))
 
     for row in rows:
         row.setdefault("size (bytes)", row.get("int8 size (bytes)"))
         row.setdefault("gzip (bytes)", row.get("int8 gzip (bytes)"))
     common.add_latency(rows, runs=args.runs)
     columns = ["model", "keras accuracy", "int8 accuracy (LiteRT)", "size (bytes)", "gzip (bytes)",
-               "packed / DC size (bytes)", "int8 zero weights", "p50 ms (1 thread)", "latency vs first", "s/epoch",
-               "note"]
+               "packed / DC size (bytes)", "bits per weight", "int8 zero weights", "p50 ms (1 thread)",
+               "latency vs first", "s/epoch", "note"]
     by = {r["model"]: r for r in rows}
     float_acc = by["float32"]["keras accuracy"]
     notes = [
         f"{args.pretrain_epochs} float pre-training epochs, then {args.epochs} per row (Adam 1e-3, batch "
         f"{args.batch_size}); binary / ternary / hashed train {args.pretrain_epochs + args.epochs} epochs from scratch.",
         "Points vs float Keras accuracy (LiteRT int8): " + ", ".join(
-            f"{r['model']} {100 * (r['int8 accuracy (LiteRT)'] - float_acc):+.2f}" for r in rows[1:]) + ".",
+            f"{r['model']} {100 * (r['int8 accuracy (LiteRT)'] - float_acc):+.2f}" for r in rows[1:]
+            if r.get("int8 accuracy (LiteRT)") is not None) + ".",
         f"QAT - PTQ on LiteRT: {100 * (by['QAT int8']['int8 accuracy (LiteRT)'] - ptq['int8 accuracy (LiteRT)']):+.2f} points.",
     ]
     harness.record("05_quantization_lenet5_fashion_mnist", "Quantization: LeNet-5-Caffe on Fashion-MNIST",
@@ -173,6 +195,58 @@ def main() -> None:
                    extra={"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs})
     print(harness.table(columns, rows))
     print("\n".join(notes))
+
+
+def kernel_zeros(parsed) -> int:
+    """Zeros in the int8 kernels (constant INT8 tensors of rank >= 2) of a parsed .tflite."""
+    return sum(int((parsed.constant_values(t) == 0).sum()) for t in parsed.tensors[0]
+               if t.constant and t.dtype == "INT8" and len(t.shape) >= 2)
+
+
+def kernel_bits(parsed) -> float:
+    """log2 of the distinct int8 values per output channel of each kernel, weighted by kernel size."""
+    bits = count = 0.0
+    for tensor in parsed.tensors[0]:
+        if tensor.constant and tensor.dtype == "INT8" and len(tensor.shape) >= 2:
+            values = parsed.constant_values(tensor)
+            levels = max(len(np.unique(channel)) for channel in values.reshape(values.shape[0], -1))
+            bits += values.size * math.log2(max(levels, 2))
+            count += values.size
+    return bits / count if count else 8.0
+
+
+def larq_row(run_peer, data, args) -> dict:
+    """The Larq peer of the binary row, or a row saying why it did not run."""
+    import os
+
+    from tfcompress.export.tflite_file import load_tflite
+
+    name = "Larq QuantConv2D / QuantDense, magnitude_aware_sign + weight_clip (tf_keras)"
+    how = ""
+    if args.larq_dir:
+        # larq pins numpy<2; installed with --no-deps into its own folder, it runs beside numpy 2
+        if not Path(args.larq_dir).is_dir():
+            return {"model": name, "note": f"not run: --larq-dir {args.larq_dir} does not exist "
+                    f"(pip install --no-deps --target {args.larq_dir} larq)"}
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(args.larq_dir).resolve()), os.environ.get("PYTHONPATH")) if p)
+        how = (f"; larq installed with `pip install --no-deps --target {args.larq_dir} larq` (its "
+               "numpy<2 pin is not met: it ran with this numpy)")
+    try:
+        peer = run_peer("larq", data, str(common._OUT / "larq_binary.tflite"), pretrain_epochs=args.pretrain_epochs,
+                        epochs=args.epochs, batch_size=args.batch_size)
+    except RuntimeError as exc:  # larq imported but failed to train or convert: say where
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        return {"model": name, "note": f"not run: the larq peer failed: {lines[-1] if lines else exc}"}
+    if "unavailable" in peer:
+        return {"model": name, "note": peer["unavailable"]}
+    parsed = load_tflite(peer["path"])
+    return {"model": f"{name}, larq {peer['larq']}", "keras accuracy": round(peer["keras_accuracy"], 4),
+            "int8 accuracy (LiteRT)": round(peer["int8_accuracy"], 4), "int8 size (bytes)": parsed.size_bytes,
+            "int8 gzip (bytes)": parsed.gzip_size_bytes, "int8 zero weights": parsed.weight_stats()["weight_zeros"],
+            "bits per weight": round(kernel_bits(parsed), 3), "s/epoch": round(peer["seconds_per_epoch"], 2),
+            "_path": peer["path"], "note": f"{peer['epochs']} epochs from scratch, as the binary row; both scale sign(W) by the "
+                    f"per-channel mean |W|{how}"}
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
-"""The tfmot peer rows, run under tf_keras (TF_USE_LEGACY_KERAS=1) in their own process.
+"""The tfmot and Larq peer rows, run under tf_keras (TF_USE_LEGACY_KERAS=1) in their own process.
 
-tensorflow-model-optimization works only with legacy tf_keras, so the benchmarks call this
-script as a subprocess with the same data (an .npz written by the parent), the same model,
+tensorflow-model-optimization and Larq work only with legacy tf_keras, so the benchmarks call
+this script as a subprocess with the same data (an .npz written by the parent), the same model,
 epochs, optimizer and schedule, and read one JSON object from its last stdout line.
 
     TF_USE_LEGACY_KERAS=1 python benchmarks/peer_tfmot.py prune --data d.npz --out m.tflite ...
     TF_USE_LEGACY_KERAS=1 python benchmarks/peer_tfmot.py qat --data d.npz --out m.tflite ...
+    TF_USE_LEGACY_KERAS=1 python benchmarks/peer_tfmot.py larq --data d.npz --out m.tflite ...
 
-It is never imported by tfcompress: tfmot is a peer and a test reference, not our runtime.
+``larq``: LeNet-5-Caffe with ``larq.layers.QuantConv2D`` / ``QuantDense`` (kernel_quantizer
+"ste_sign", kernel_constraint "weight_clip"; BinaryConnect weights, float activations), trained
+from scratch for pretrain + fine-tuning epochs like our binary row, exported to int8 TFLite with
+tf.lite. When larq is not importable it prints ``{"unavailable": why}`` instead, the reason
+measured with ``pip install --dry-run --report - larq`` (e.g. the packages it would replace).
+
+It is never imported by tfcompress: tfmot and Larq are peers and test references, not our runtime.
 """
 
 from __future__ import annotations
@@ -41,6 +48,94 @@ def lenet(tf_keras, seed: int):
         ],
         name="lenet5_caffe",
     )
+
+
+def lenet_larq(tf_keras, larq, seed: int):
+    """LeNet-5-Caffe with Larq's binary-weight layers: ``magnitude_aware_sign`` is sign(W) times
+    the per-output-channel mean |W| (XNOR-Net's scale, as our binary row), with the STE."""
+    tf_keras.utils.set_random_seed(seed)
+    layers = tf_keras.layers
+    binary = {"kernel_quantizer": "magnitude_aware_sign", "kernel_constraint": "weight_clip"}
+    return tf_keras.Sequential(
+        [
+            layers.InputLayer(input_shape=(28, 28, 1)),
+            larq.layers.QuantConv2D(20, 5, activation="relu", name="conv1", **binary),
+            layers.MaxPooling2D(2, name="pool1"),
+            larq.layers.QuantConv2D(50, 5, activation="relu", name="conv2", **binary),
+            layers.MaxPooling2D(2, name="pool2"),
+            layers.Flatten(name="flatten"),
+            larq.layers.QuantDense(500, activation="relu", name="fc1", **binary),
+            larq.layers.QuantDense(10, name="fc2", **binary),
+        ],
+        name="lenet5_caffe_larq",
+    )
+
+
+# what the peers must run beside, unchanged
+_PROTECTED = ("numpy", "tensorflow", "keras", "tf-keras")
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def larq_unavailable(error: Exception) -> str:
+    """Why larq cannot run here, measured: what ``pip install --dry-run larq`` would change."""
+    from importlib import metadata
+
+    installed = {}
+    for name in _PROTECTED:
+        try:
+            installed[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "larq"]
+    failure, report = "", None
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode == 0:
+            report = json.loads(done.stdout)
+        else:
+            lines = [line for line in done.stderr.splitlines() if line.strip() and "is ignored" not in line]
+            failure = lines[-1] if lines else f"exit code {done.returncode}"
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError) as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+    if report is None:
+        return f"not run: larq is not importable ({error}) and `pip install --dry-run larq` failed: {failure}"
+    plan = {_canonical(item["metadata"]["name"]): item["metadata"] for item in report.get("install", [])}
+    larq_meta = plan.get("larq", {})
+    replaced = [f"{name} {installed[name]} -> {plan[name]['version']}" for name in installed if name in plan]
+    pins = [d for d in larq_meta.get("requires_dist", []) if "extra" not in d
+            and _canonical(d.split(";")[0]).startswith(_PROTECTED)]
+    would = ", ".join(f"{m['name']}-{m['version']}" for m in plan.values())
+    if replaced:
+        return (f"not run: larq is not installed, and `pip install --dry-run larq` would install {would}, "
+                f"replacing {', '.join(replaced)} (larq {larq_meta.get('version', '?')} requires "
+                f"{', '.join(pins) or 'them'}); it cannot be installed beside "
+                + ", ".join(f"{k} {v}" for k, v in installed.items()))
+    return (f"not run: larq is not installed (pip would install {would} without replacing "
+            f"{', '.join(installed)}): `pip install larq` to get this row")
+
+
+def run_larq(tf, tf_keras, x_train, y_train, x_test, y_test, args) -> dict:
+    try:
+        import larq
+    except ImportError as exc:
+        return {"unavailable": larq_unavailable(exc)}
+
+    model = lenet_larq(tf_keras, larq, args.seed)
+    compile_model(tf_keras, model, args.lr)
+    epochs = args.pretrain_epochs + args.epochs  # from scratch, the same budget as our binary row
+    seconds = timed_fit(tf_keras, model, x_train, y_train, epochs, args.batch_size)
+    result = {"larq": getattr(larq, "__version__", "?"), "tf_keras": tf_keras.__version__, "seconds_per_epoch": seconds,
+              "epochs": epochs, "keras_accuracy": float(model.evaluate(x_test, y_test, verbose=0, batch_size=1000)[1])}
+    flatbuffer = convert_int8(tf, model, x_train[:500])
+    tmp = args.out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(flatbuffer)
+    os.replace(tmp, args.out)
+    result.update(int8_accuracy=litert_accuracy(flatbuffer, x_test, y_test), path=args.out)
+    return result
 
 
 def compile_model(tf_keras, model, lr: float):
@@ -103,7 +198,7 @@ def convert_int8(tf, model, calibration: np.ndarray) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["prune", "qat", "overhead"])
+    parser.add_argument("mode", choices=["prune", "qat", "overhead", "larq"])
     parser.add_argument("--rounds", type=int, default=4, help="overhead: alternating plain / pruned epochs")
     parser.add_argument("--data", required=True, help=".npz with x_train, y_train, x_test, y_test")
     parser.add_argument("--out", required=True, help="where to write the int8 .tflite")
@@ -118,11 +213,15 @@ def main() -> None:
     args = parser.parse_args()
 
     import tensorflow as tf
-    import tensorflow_model_optimization as tfmot
     import tf_keras
 
     data = np.load(args.data)
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    if args.mode == "larq":
+        print(json.dumps(run_larq(tf, tf_keras, x_train, y_train, x_test, y_test, args)))
+        return
+    import tensorflow_model_optimization as tfmot
+
     if args.mode == "overhead":
         print(json.dumps(overhead(tf_keras, tfmot, x_train, y_train, args)))
         return

@@ -83,6 +83,15 @@ def test_fine_tuning_keeps_clusters_and_zeros_and_exports(tmp_path):
     values = parsed.constant_values(fc)
     for row in values:  # per output channel: at most the 8 centroids and 0
         assert len(np.unique(row)) <= 9
+    # zeros in the int8 file, position by position (TFLite stores the Dense kernel (out, in)):
+    # every pruned weight, plus any centroid below half a step of its channel's int8 scale
+    int8_zeros = values.T == 0
+    pruned = weights[0] == 0
+    assert np.all(int8_zeros[pruned])
+    scale = np.abs(kernel).max(axis=0) / 127.0  # per-channel symmetric narrow range, as the converter
+    np.testing.assert_array_equal(int8_zeros, np.round(kernel / scale) == 0)
+    rounding = int((int8_zeros & ~pruned).sum())
+    assert rounding == 0, f"{rounding} clustered weights round to 0"  # here: exactly the pruned zeros
 
 
 def test_huffman_code_lengths_and_entropy_bound():

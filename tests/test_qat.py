@@ -13,7 +13,13 @@ from tfcompress.export.convert import to_tflite
 from tfcompress.export.micro import make_tflm_interpreter
 from tfcompress.export.runtime import ModelRunner, evaluate
 from tfcompress.export.tflite_file import load_tflite
-from tfcompress.qat import ActivationQuantizer, QuantizedLayer, fake_quant_per_channel, quantize
+from tfcompress.qat import (
+    ActivationQuantizer,
+    QuantizedLayer,
+    SharedRangeQuantizer,
+    fake_quant_per_channel,
+    quantize,
+)
 
 
 def lenet_bn(seed=0):
@@ -27,6 +33,25 @@ def lenet_bn(seed=0):
     h = keras.layers.Flatten()(h)
     h = keras.layers.Dense(24, activation="relu", name="fc1")(h)
     return keras.Model(inp, keras.layers.Dense(10, name="logits")(h))
+
+
+def lenet_sequential(seed=0):
+    """LeNet-like Sequential: Conv-BN-ReLU blocks, pooling, Flatten, Dense."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((16, 16, 1)),
+        keras.layers.Conv2D(6, 3, use_bias=False, name="conv1"),
+        keras.layers.BatchNormalization(name="bn1"),
+        keras.layers.ReLU(name="relu1"),
+        keras.layers.MaxPooling2D(name="pool1"),
+        keras.layers.Conv2D(12, 3, name="conv2"),
+        keras.layers.BatchNormalization(name="bn2"),
+        keras.layers.ReLU(name="relu2"),
+        keras.layers.MaxPooling2D(name="pool2"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(32, activation="relu", name="fc1"),
+        keras.layers.Dense(10, name="logits"),
+    ], name="lenet_sequential")
 
 
 def residual_concat(seed=0):
@@ -74,12 +99,17 @@ def lsb_agreement(qat, path, x):
     return (lite_lsb <= 1.001).mean(), (micro_lsb <= 1.001).mean(), float(max(lite_lsb.max(), micro_lsb.max()))
 
 
-@pytest.mark.parametrize("build, kind", [(lenet_bn, "position"), (residual_concat, "texture")])
+@pytest.mark.parametrize("build, kind", [(lenet_bn, "position"), (residual_concat, "texture"),
+                                         (lenet_sequential, "position")])
 def test_int8_export_equals_qat_model_within_one_lsb(build, kind, tmp_path):
     # position survives Flatten, texture survives global average pooling
     x, y = synthetic_images(640, shape=(16, 16, 1), kind=kind, seed=3)
     float_model = train(build(), x, y, epochs=4)
     qat = train(quantize(float_model), x, y, epochs=2, lr=1e-3)
+    if isinstance(float_model, keras.Sequential):  # every block folded: 4 quantized layers, no BN / ReLU left
+        assert [type(layer).__name__ for layer in qat.layers if isinstance(layer, QuantizedLayer)] == \
+            ["QuantizedLayer"] * 4
+        assert not any(isinstance(layer, keras.layers.BatchNormalization | keras.layers.ReLU) for layer in qat.layers)
     path = tmp_path / "qat.tflite"
     report = to_tflite(qat, path, "int8")  # no representative data: the learned ranges
     assert report.int8_coverage == 1.0 and report.calibration_samples == 0
@@ -151,25 +181,160 @@ def test_start_step_skip_layers_and_serialization(data, tmp_path):
         quantize(model, skip_layers=["nope"])
 
 
-def test_pruning_preserving_qat_keeps_every_zero(data, tmp_path):
+def numpy_fake_quant(x, low, high):
+    """TF's fake_quant_with_min_max_vars (8 bits, 0..255, nudged zero point), independently in NumPy."""
+    scale = (high - low) / 255.0
+    zero_point = np.round(np.clip(-low / scale, 0, 255))
+    nudged_low, nudged_high = -zero_point * scale, (255 - zero_point) * scale
+    return np.floor((np.clip(x, nudged_low, nudged_high) - nudged_low) / scale + 0.5) * scale + nudged_low
+
+
+def numpy_per_channel(kernel):
+    """Symmetric narrow-range int8 per output channel (last axis): levels and dequantized values."""
+    scale = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 127.0
+    levels = np.clip(np.round(kernel / scale), -127, 127)
+    return levels, levels * scale
+
+
+def test_shared_range_quantizer_tracks_members_and_quantizes_on_the_union():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-1.0, 2.0, (16, 4)).astype("float32")
+    b = rng.uniform(0.5, 5.0, (16, 4)).astype("float32")
+    quantizer = SharedRangeQuantizer(members=3, ema_decay=0.5)
+    quantizer(a, member=0, training=True)
+    quantizer(b, member=1, training=True)  # member 2 is never seen: [0, 0], inside every range
+    out = quantizer(0.5 * a, member=0, training=True).numpy()
+    low_a = 0.5 * a.min() + 0.5 * min(0.5 * a.min(), 0.0)
+    high_a = 0.5 * a.max() + 0.5 * 0.5 * a.max()
+    np.testing.assert_allclose(quantizer.range_min.numpy(), [low_a, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(quantizer.range_max.numpy(), [high_a, b.max(), 0.0], rtol=1e-6)
+    low, high = low_a, b.max()  # the union: the concatenation's range
+    np.testing.assert_allclose(out, numpy_fake_quant(0.5 * a, low, high), atol=1e-5)
+    for member, values in ((0, a), (1, b), (2, -a)):
+        np.testing.assert_allclose(quantizer(values, member=member, training=False).numpy(),
+                                   numpy_fake_quant(values, low, high), atol=1e-5)
+    scale, zero = quantizer.scale_and_zero_point()
+    assert scale == pytest.approx((high - low) / 255, rel=1e-5) and zero == round(-128 - low / scale)
+    again = SharedRangeQuantizer.from_config(quantizer.get_config())
+    assert (again.members, again.ema_decay) == (3, 0.5)
+    with pytest.raises(TfcompressError, match="members"):
+        SharedRangeQuantizer(members=0)
+
+
+def branchy(seed=0):
+    """Concatenations and a Maximum whose inputs come through MaxPooling and a folded Conv-BN-ReLU."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16, 16, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="a")(inp)
+    p = keras.layers.MaxPooling2D(name="pool_a")(a)
+    b = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="b")(inp)
+    b = keras.layers.BatchNormalization(name="bn_b")(b)
+    b = keras.layers.ReLU(name="relu_b")(b)
+    c1 = keras.layers.Concatenate(name="cat1")([p, b])
+    m = keras.layers.Maximum(name="max")([p, keras.layers.Conv2D(4, 1, name="c")(b)])
+    c2 = keras.layers.Concatenate(name="cat2")([c1, m])
+    h = keras.layers.Conv2D(8, 1, activation="relu", name="pw")(c2)
+    g = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, keras.layers.Dense(10, name="logits")(g))
+
+
+def test_concatenation_shares_one_range_in_the_int8_file(tmp_path):
+    # TFLite's int8 CONCATENATION / MAXIMUM need inputs and output on one scale and zero point:
+    # without shared ranges the converter inserts a requantizing QUANTIZE op or overrides a
+    # producer's learned scale (so the QAT model rounds twice where TFLite rounds once)
+    x, y = synthetic_images(480, shape=(16, 16, 1), kind="texture", seed=3)
+    qat = train(quantize(train(branchy(), x, y, epochs=2)), x, y, epochs=1, lr=1e-3)
+    shared = [layer for layer in qat.layers if isinstance(layer, SharedRangeQuantizer)]
+    # a, b (through its folded BN + ReLU), c, cat1, max, cat2: one group (cat2 joins the other two)
+    assert [(q.name, q.members) for q in shared] == [("quantize_cat1", 6)]
+    assert all(not layer.quantize_output for layer in qat.layers
+               if isinstance(layer, QuantizedLayer) and layer.name in ("quant_a", "quant_b", "quant_c"))
+    path = tmp_path / "shared.tflite"
+    to_tflite(qat, path, "int8")
+    parsed = load_tflite(path)
+    counts = parsed.op_counts()
+    assert counts.get("CONCATENATION") == 2 and counts.get("MAXIMUM") == 1
+    assert not {"QUANTIZE", "DEQUANTIZE", "REQUANTIZE"} & set(counts), counts  # nothing rescales
+    scale, zero = shared[0].scale_and_zero_point()
+    for op in parsed.ops:
+        if op.name in ("CONCATENATION", "MAXIMUM", "MAX_POOL_2D"):
+            params = {(t.quantization.scales[0], t.quantization.zero_points[0]) for t in parsed.op_tensors(op)
+                      if not t.constant}
+            assert len(params) == 1, (op.name, params)
+            (file_scale, file_zero), = params
+            assert file_scale == pytest.approx(scale, rel=1e-5) and file_zero == zero
+    lite, micro, worst = lsb_agreement(qat, path, x[:100])
+    assert lite >= 0.99 and micro >= 0.99, (lite, micro, worst)
+    again_path = tmp_path / "shared.keras"
+    qat.save(again_path)
+    again = keras.saving.load_model(again_path)
+    np.testing.assert_allclose(again.predict(x[:16], verbose=0), qat.predict(x[:16], verbose=0), atol=1e-6)
+
+
+def test_start_step_keeps_weights_float_then_fake_quantizes_them():
+    rng = np.random.default_rng(2)
+    layer = QuantizedLayer(keras.layers.Dense(5), keras.layers.BatchNormalization(), start_step=2,
+                           quantize_output=False)  # the weight path alone
+    layer.build((None, 7))
+    kernel, bias = rng.normal(size=(7, 5)).astype("float32"), rng.normal(size=5).astype("float32")
+    gamma, beta = rng.uniform(0.5, 2, 5).astype("float32"), rng.normal(size=5).astype("float32")
+    mean, var = rng.normal(size=5).astype("float32"), rng.uniform(0.5, 2, 5).astype("float32")
+    layer.layer.set_weights([kernel, bias])
+    layer.batch_norm.set_weights([gamma, beta, mean, var])
+    factor = gamma / np.sqrt(var + layer.batch_norm.epsilon)
+    folded, folded_bias = kernel * factor, beta + (bias - mean) * factor
+    _, quantized = numpy_per_channel(folded)
+    x = rng.normal(size=(6, 7)).astype("float32")
+    float_out, quant_out = x @ folded + folded_bias, x @ quantized + folded_bias
+    assert np.abs(float_out - quant_out).max() > 1e-3  # the two are distinguishable
+    for _ in range(2):  # training steps 1 and 2: float weights
+        np.testing.assert_allclose(layer(x, training=True).numpy(), float_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer(x, training=False).numpy(), quant_out, rtol=1e-5, atol=1e-5)
+    for _ in range(2):  # from step 3 on: per-channel fake-quantized
+        np.testing.assert_allclose(layer(x, training=True).numpy(), quant_out, rtol=1e-5, atol=1e-5)
+    assert int(layer.steps.numpy()) == 4
+
+
+def int8_kernels(parsed, qat, names):
+    """Keras layer name -> (int8 kernel from the file in Keras layout, the QAT model's float folded kernel)."""
+    found = {}
+    constants = [t for t in parsed.tensors[0] if t.constant and t.dtype == "INT8" and len(t.shape) >= 2]
+    for name in names:
+        folded = keras.ops.convert_to_numpy(qat.get_layer(f"quant_{name}").folded_kernel_and_bias()[0])
+        # TFLite stores a Conv2D kernel OHWI (Keras: HWIO) and a Dense kernel (out, in)
+        expected = (folded.shape[3], *folded.shape[:3]) if folded.ndim == 4 else folded.shape[::-1]
+        (tensor,) = [t for t in constants if t.shape == expected]
+        values = parsed.constant_values(tensor)
+        found[name] = (values.transpose(1, 2, 3, 0) if values.ndim == 4 else values.T, folded)
+    return found
+
+
+def test_pruning_preserving_qat_keeps_exactly_the_pruned_zeros(data, tmp_path):
     from tfcompress.pruning import prune, strip, update_masks
     from tfcompress.schedules import ConstantSparsity
 
     x, y = data
     model = train(lenet_bn(), x, y, epochs=1)
-    pruned = prune(model, ConstantSparsity(0.8, 0), layers={"conv2": {}, "fc1": {}, "logits": {}})
+    pruned_names = ("conv2", "fc1", "logits")
+    pruned = prune(model, ConstantSparsity(0.9, 0), layers={n: {} for n in pruned_names})
     update_masks(pruned, 0)
     plain = strip(pruned)
-    zeros = {n: int((plain.get_layer(n).kernel.numpy() == 0).sum()) for n in ("conv2", "fc1", "logits")}
+    masks = {n: plain.get_layer(n).kernel.numpy() == 0 for n in pruned_names}
+    for n in pruned_names:
+        assert masks[n].mean() == pytest.approx(0.9, abs=0.01)
     qat = train(quantize(plain, preserve_sparsity=True), x, y, epochs=1)
-    for name, count in zeros.items():
-        kernel, _ = qat.get_layer(f"quant_{name}").folded_kernel_and_bias()
-        assert int((keras.ops.convert_to_numpy(kernel) == 0).sum()) == count
     path = tmp_path / "pqat.tflite"
     to_tflite(qat, path, "int8")
-    parsed = load_tflite(path)
-    int8_zeros = sum(int((parsed.constant_values(t) == 0).sum()) for t in parsed.tensors[0]
-                     if t.constant and t.dtype == "INT8" and len(t.shape) >= 2)
-    conv1_zeros = int((qat.get_layer("quant_conv1").layer.kernel.numpy() == 0).sum())
-    assert int8_zeros >= sum(zeros.values())
-    assert int8_zeros - sum(zeros.values()) - conv1_zeros <= 0.01 * sum(zeros.values())
+    kernels = int8_kernels(load_tflite(path), qat, ("conv1", *pruned_names))
+    rounding = {}
+    for name, (int8, folded) in kernels.items():
+        levels, _ = numpy_per_channel(folded)
+        np.testing.assert_array_equal(int8 == 0, levels == 0)  # the file's zeros are NumPy's, position by position
+        pruned_zeros = masks.get(name, np.zeros(folded.shape, bool))
+        np.testing.assert_array_equal(folded == 0, pruned_zeros)  # trained, and still exactly the pruned zeros
+        assert np.all(int8[pruned_zeros] == 0)
+        rounding[name] = int(((int8 == 0) & ~pruned_zeros).sum())  # survivors below half a step
+    # 90% pruned keeps the largest 10% of each kernel: none rounds to zero at its channel's scale,
+    # so the int8 file has exactly the pruned model's zeros
+    assert {n: rounding[n] for n in pruned_names} == dict.fromkeys(pruned_names, 0), rounding
+    assert sum(int((kernels[n][0] == 0).sum()) for n in pruned_names) == sum(int(m.sum()) for m in masks.values())

@@ -210,3 +210,22 @@ def test_bad_input_raises():
         quantizers.XnorWeight(float("inf"))
     with pytest.raises(TfcompressError, match="cannot deserialize"):
         quantizers.get({"class_name": "NoSuchQuantizer", "config": {}})
+
+
+def test_model_bits_per_weight_counts_kernels_at_log2_levels_and_float_layers_at_32():
+    from tfcompress.layers import BinaryDense, TernaryConv2D
+    from tfcompress.packing import weight_bits_report
+
+    model = keras.Sequential([
+        keras.Input((6, 6, 2)),
+        TernaryConv2D(3, 3, name="ternary"),  # kernel 3*3*2*3 = 54 at log2(3), bias left out
+        keras.layers.Flatten(),
+        BinaryDense(4, name="binary"),  # kernel 48*4 = 192 at 1 bit, bias left out
+        keras.layers.Dense(2, name="float"),  # 4*2 + 2 = 10 weights at 32 bits
+    ])
+    expected = (54 * np.log2(3) + 192 * 1 + 10 * 32) / (54 + 192 + 10)
+    report = weight_bits_report(model)
+    assert report.bits_per_weight == pytest.approx(expected)
+    assert report.to_dict()["bits_per_weight"] == pytest.approx(expected)
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert weight_bits_report(plain).bits_per_weight == 32.0

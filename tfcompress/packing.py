@@ -71,12 +71,23 @@ class BitsReport:
         """float32 bytes / packed bytes."""
         return self.float32_bytes / self.packed_bytes if self.packed_bytes else 1.0
 
+    @property
+    def bits_per_weight(self) -> float:
+        """Mean information per weight of the model's kernels: log2(levels) for a quantized
+        kernel (1 binary, log2 3 = 1.585 ternary), 32 for every weight of a float layer; biases
+        and scales of quantized layers are left out (as "8 bits" describes an int8 kernel)."""
+        count = sum(r.kernel_weights if r.kind != "float" else r.other_weights for r in self.layers)
+        bits = sum(r.kernel_weights * r.bits_per_weight if r.kind != "float" else 32.0 * r.other_weights
+                   for r in self.layers)
+        return bits / count if count else 32.0
+
     def to_dict(self) -> dict:
         return {
             "layers": [asdict(layer) for layer in self.layers],
             "packed_bytes": self.packed_bytes,
             "float32_bytes": self.float32_bytes,
             "compression": self.compression,
+            "bits_per_weight": self.bits_per_weight,
         }
 
     def text(self) -> str:

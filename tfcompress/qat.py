@@ -25,6 +25,15 @@ ranges. The int8 model then computes what the QAT model computes, up to the int3
 biases and requantization multipliers (tested: within 1 LSB on at least 99% of outputs, on
 LiteRT and TFLite Micro).
 
+Ranges TFLite requires to be equal are shared: int8 CONCATENATION, MAXIMUM and MINIMUM need
+their inputs and output on one scale and zero point (TFLite 8-bit quantization specification,
+"restriction: input and outputs must all have same scale/zero_point"; tfmot's QAT quantizes
+only the concatenation's output for the same reason). ``quantize`` groups those tensors (through
+pass-through layers such as MaxPooling2D, Flatten, Reshape back to the layer that produces
+them) and quantizes every member with one :class:`SharedRangeQuantizer`, whose range is the
+union of the members' moving-average ranges. Each member is rounded once, on the grid the int8
+kernel writes it on, so the exported file needs no requantizing QUANTIZE op and no rescaling.
+
 Options: ``skip_layers`` leaves named layers in float (their export then needs
 ``allow_float_fallback``); ``start_step`` keeps fake quantization off (ranges still tracked)
 for the first N training steps; ``preserve_sparsity`` keeps the kernel's zeros exactly zero
@@ -136,6 +145,74 @@ class ActivationQuantizer(keras.layers.Layer):
         return {**super().get_config(), "ema_decay": self.ema_decay, "start_step": self.start_step}
 
 
+@keras.saving.register_keras_serializable(package="tfcompress")
+class SharedRangeQuantizer(ActivationQuantizer):
+    """One int8 range for several tensors: the inputs and output of a concatenation (or of a
+    Maximum / Minimum), which TFLite requires on one scale and zero point (TFLite 8-bit
+    quantization specification, CONCATENATION: "input and outputs must all have same
+    scale/zero_point").
+
+    The layer is called once per member tensor, ``quantizer(x, member=i)``. Each member keeps
+    its own moving-average range (Jacob et al. 2018, sec. 3.1: EMA of the batch minimum and
+    maximum); every member is fake-quantized with the union
+    ``[min_i range_min_i, max_i range_max_i]``, which is the range of the concatenation's
+    output. With one range for all, concatenating quantized members is exact, as the int8
+    CONCATENATION op is.
+
+    Args:
+        members: how many tensors share the range.
+        ema_decay, start_step: as for `ActivationQuantizer` (counted per member).
+    """
+
+    def __init__(self, members: int = 2, ema_decay: float = 0.99, start_step: int = 0, **kwargs):
+        super().__init__(ema_decay, start_step, **kwargs)
+        if int(members) < 1:
+            raise TfcompressError(f"members must be >= 1, got {members}", self.name, "pass the number of tensors")
+        self.members = int(members)
+
+    def build(self, input_shape):
+        shape = (self.members,)
+        self.range_min = self.add_weight(name="range_min", shape=shape, initializer="zeros", trainable=False)
+        self.range_max = self.add_weight(name="range_max", shape=shape, initializer="zeros", trainable=False)
+        self.steps = self.add_weight(name="steps", shape=shape, initializer="zeros", trainable=False, dtype="int64")
+        self.built = True
+
+    def call(self, inputs, member: int = 0, training=None):
+        import tensorflow as tf
+
+        if not 0 <= member < self.members:
+            raise TfcompressError(f"member {member} out of range", self.name, f"use 0 .. {self.members - 1}")
+        if not training:
+            return self._quantize(inputs, tf.reduce_min(self.range_min), tf.reduce_max(self.range_max))
+        one_hot = tf.one_hot(member, self.members, on_value=True, off_value=False, dtype=tf.bool)
+        batch_min = tf.minimum(tf.reduce_min(inputs), 0.0)
+        batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
+        steps = self.steps[member]
+        first = tf.equal(steps, 0)
+        decay = self.ema_decay
+        own_min = tf.where(first, batch_min, decay * self.range_min[member] + (1 - decay) * batch_min)
+        own_max = tf.where(first, batch_max, decay * self.range_max[member] + (1 - decay) * batch_max)
+        # members not seen yet hold [0, 0], which every range contains: the union is unaffected
+        new_min = tf.where(one_hot, own_min, self.range_min)
+        new_max = tf.where(one_hot, own_max, self.range_max)
+        self.range_min.assign(new_min)
+        self.range_max.assign(new_max)
+        self.steps.assign(self.steps + tf.cast(one_hot, "int64"))
+        quantized = self._quantize(inputs, tf.reduce_min(new_min), tf.reduce_max(new_max))
+        return tf.where(tf.greater(steps + 1, self.start_step), quantized, inputs)
+
+    def scale_and_zero_point(self) -> tuple[float, int]:
+        """The int8 scale and zero point of the shared (union) range."""
+        low = float(np.min(keras.ops.convert_to_numpy(self.range_min)))
+        high = max(float(np.max(keras.ops.convert_to_numpy(self.range_max))), low + 1e-6)
+        scale = (high - low) / 255.0
+        zero_point = int(np.clip(np.round(-128 - low / scale), -128, 127))
+        return scale, zero_point
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "members": self.members}
+
+
 _FUSABLE_ACTIVATIONS = {"linear", "relu", "relu6"}
 
 
@@ -164,12 +241,14 @@ class QuantizedLayer(keras.layers.Wrapper):
         activation: ``"linear"``, ``"relu"`` or ``"relu6"`` applied after the folded layer.
         preserve_sparsity: keep the kernel's exact zeros at zero.
         ema_decay, start_step: for the output `ActivationQuantizer`.
+        quantize_output: False when the output's range is shared with other tensors and a
+            `SharedRangeQuantizer` after the layer quantizes it (``quantize`` decides).
     """
 
     tfcompress_fake_quant = True
 
     def __init__(self, layer, batch_norm=None, activation: str = "linear", preserve_sparsity: bool = False,
-                 ema_decay: float = 0.99, start_step: int = 0, **kwargs):
+                 ema_decay: float = 0.99, start_step: int = 0, quantize_output: bool = True, **kwargs):
         super().__init__(layer, **kwargs)
         if not isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D | keras.layers.Dense):
             raise TfcompressError(f"cannot quantize a {type(layer).__name__} layer", layer.name,
@@ -189,7 +268,9 @@ class QuantizedLayer(keras.layers.Wrapper):
         if self.activation not in _FUSABLE_ACTIVATIONS:
             raise TfcompressError(f"unknown activation {activation!r}", layer.name, "use linear, relu or relu6")
         self.preserve_sparsity = bool(preserve_sparsity)
-        self.output_quantizer = ActivationQuantizer(ema_decay, start_step, name="output_quantizer")
+        self.quantize_output = bool(quantize_output)
+        self.output_quantizer = ActivationQuantizer(ema_decay, start_step, name="output_quantizer") \
+            if self.quantize_output else None
         self.start_step = int(start_step)
         self.ema_decay = float(ema_decay)
 
@@ -203,7 +284,8 @@ class QuantizedLayer(keras.layers.Wrapper):
         self.sparsity_mask = self.add_weight(name="sparsity_mask", shape=tuple(kernel.shape), initializer="ones",
                                              trainable=False) if self.preserve_sparsity else None
         self.steps = self.add_weight(name="steps", shape=(), initializer="zeros", trainable=False, dtype="int64")
-        self.output_quantizer.build(output_shape)
+        if self.output_quantizer is not None:
+            self.output_quantizer.build(output_shape)
         self.built = True
 
     def set_sparsity_mask_from_kernel(self) -> None:
@@ -273,6 +355,8 @@ class QuantizedLayer(keras.layers.Wrapper):
             out = tf.nn.relu(out)
         elif self.activation == "relu6":
             out = tf.nn.relu6(out)
+        if self.output_quantizer is None:
+            return out
         return self.output_quantizer(out, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -295,6 +379,7 @@ class QuantizedLayer(keras.layers.Wrapper):
             "preserve_sparsity": self.preserve_sparsity,
             "ema_decay": self.ema_decay,
             "start_step": self.start_step,
+            "quantize_output": self.quantize_output,
         })
         return config
 
@@ -320,6 +405,8 @@ _PASS_THROUGH = (
     keras.layers.Dropout, keras.layers.ZeroPadding2D, keras.layers.GlobalMaxPooling2D, keras.layers.Cropping2D,
     keras.layers.SpatialDropout2D, keras.layers.UpSampling2D,
 )
+# int8 TFLite kernels that need their inputs and output on one scale and zero point
+_SAME_RANGE = (keras.layers.Concatenate, keras.layers.Maximum, keras.layers.Minimum)
 
 
 def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step: int = 0,
@@ -334,7 +421,9 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
         ema_decay: decay of the activation ranges' moving averages.
 
     Returns:
-        A Functional model; train it, then ``to_tflite(qat_model, path, "int8")``.
+        A Functional model; train it, then ``to_tflite(qat_model, path, "int8")``. The inputs
+        and output of every Concatenate / Maximum / Minimum share one `SharedRangeQuantizer`
+        (named ``quantize_<first such layer>``), as the int8 TFLite kernels require.
     """
     from tfcompress.surgery import _graph
 
@@ -386,16 +475,18 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
             plan["last"] = nxt.output
         plans[node.output] = plan
 
+    shared = _shared_ranges(nodes, inputs, absorbed, skip, ema_decay, start_step)
     new_tensors: dict[int, Any] = {}
     new_inputs = []
-    input_quantizers: list[ActivationQuantizer] = []
     for tid in inputs:
         t = tensors[tid]
         new = keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=t.name)
         new_inputs.append(new)
-        quantizer = ActivationQuantizer(ema_decay, start_step, name=f"quantize_{t.name}")
-        input_quantizers.append(quantizer)
-        new_tensors[tid] = quantizer(new)
+        if tid in shared:
+            quantizer, member = shared[tid]
+            new_tensors[tid] = quantizer(new, member=member)
+        else:
+            new_tensors[tid] = ActivationQuantizer(ema_decay, start_step, name=f"quantize_{t.name}")(new)
     wrapped: list[tuple[Any, QuantizedLayer]] = []
     for node in nodes:
         layer = node.layer
@@ -411,8 +502,11 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
             bn = plan["batch_norm"]
             fresh_bn = bn.__class__.from_config(bn.get_config()) if bn is not None else None
             q = QuantizedLayer(fresh, fresh_bn, plan["activation"], preserve_sparsity, ema_decay, start_step,
-                               name=f"quant_{layer.name}")
+                               quantize_output=node.output not in shared, name=f"quant_{layer.name}")
             out = q(args[0])
+            if node.output in shared:
+                quantizer, member = shared[node.output]
+                out = quantizer(out, member=member)
             fresh.set_weights(layer.get_weights())
             if fresh_bn is not None:
                 fresh_bn.set_weights(bn.get_weights())
@@ -429,6 +523,9 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
             fresh.set_weights(layer.get_weights())
         if layer.name in skip:
             logger.info("quantize: %s stays in float (skip_layers)", layer.name)
+        elif node.output in shared:
+            quantizer, member = shared[node.output]
+            out = quantizer(out, member=member)
         elif isinstance(layer, _NEEDS_OUTPUT_RANGE):
             out = ActivationQuantizer(ema_decay, start_step, name=f"quantize_{layer.name}")(out)
         elif not isinstance(layer, _PASS_THROUGH):
@@ -439,3 +536,58 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
     new_outputs = [new_tensors[t] for t in outputs]
     return keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs,
                        new_outputs[0] if len(new_outputs) == 1 else new_outputs, name=f"{model.name}_qat")
+
+
+def _shared_ranges(nodes, inputs, absorbed: dict[int, int], skip: set[str], ema_decay: float,
+                   start_step: int) -> dict[int, tuple[SharedRangeQuantizer, int]]:
+    """Tensor id -> (its group's `SharedRangeQuantizer`, member index), for the tensors that
+    TFLite needs on one scale: a Concatenate / Maximum / Minimum's output and inputs, each input
+    followed back through pass-through layers (MaxPooling2D, Flatten, ...: same scale in TFLite)
+    and absorbed BatchNormalization / activation layers to the tensor that gets quantized.
+    Groups chain: a concatenation of concatenations is one group. Outputs of ``skip_layers``
+    stay float and out of groups."""
+    producer = {node.output: node for node in nodes}
+
+    def owner(tid: int) -> int:
+        while True:
+            tid = absorbed.get(tid, tid)
+            node = producer.get(tid)
+            if node is None or not isinstance(node.layer, _PASS_THROUGH) or len(node.inputs) != 1:
+                return tid
+            tid = node.inputs[0]
+
+    def floating(tid: int) -> bool:
+        node = producer.get(tid)
+        return node is not None and node.layer.name in skip
+
+    parent: dict[int, int] = {}
+
+    def find(tid: int) -> int:
+        parent.setdefault(tid, tid)
+        while parent[tid] != tid:
+            parent[tid] = parent[parent[tid]]
+            tid = parent[tid]
+        return tid
+
+    for node in nodes:
+        if not isinstance(node.layer, _SAME_RANGE) or node.layer.name in skip:
+            continue
+        members = [m for m in [node.output, *(owner(t) for t in node.inputs)] if not floating(m)]
+        for m in members:
+            parent[find(m)] = find(members[0])
+    order = [*inputs, *(node.output for node in nodes)]
+    groups: dict[int, list[int]] = {}
+    for tid in order:
+        if tid in parent:
+            groups.setdefault(find(tid), []).append(tid)
+    shared: dict[int, tuple[SharedRangeQuantizer, int]] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        # every group holds the output of the (first) layer that asked for it: name it after that
+        first = next(producer[m].layer.name for m in members
+                     if m in producer and isinstance(producer[m].layer, _SAME_RANGE))
+        quantizer = SharedRangeQuantizer(len(members), ema_decay, start_step, name=f"quantize_{first}")
+        for index, tid in enumerate(members):
+            shared[tid] = (quantizer, index)
+    return shared
