@@ -12,7 +12,12 @@ import tensorflow_probability as tfp
 from scipy import special
 
 from tfcompress.errors import TfcompressError
-from tfcompress.layers.dirichlet import DirichletSwitch, dirichlet_kl, freeze_all_but_switches
+from tfcompress.layers.dirichlet import (
+    LOG_CONCENTRATION_RANGE,
+    DirichletSwitch,
+    dirichlet_kl,
+    freeze_all_but_switches,
+)
 
 
 def kl_from_paper(phi: np.ndarray, alpha0: float) -> float:
@@ -163,7 +168,7 @@ def test_synthetic_channel_recovery_with_frozen_network(estimator):
     assert freeze_all_but_switches(model) == 8
     assert [w.name for w in model.trainable_weights] == ["log_concentration"]
     model.compile(keras.optimizers.Adam(0.05), loss)
-    model.fit(x, y, epochs=20, batch_size=64, verbose=0)
+    model.fit(x, y, epochs=30, batch_size=64, verbose=0)
     np.testing.assert_array_equal(model.layers[2].kernel.numpy(), frozen_kernel)
     importance = switch.channel_importance()
     assert set(np.argsort(-importance)[:3]) == {0, 1, 2}, importance
@@ -172,3 +177,71 @@ def test_synthetic_channel_recovery_with_frozen_network(estimator):
     switch.prune(num_keep=3)
     accuracy = np.mean((model.predict(x, verbose=0)[:, 0] > 0) == y)
     assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("estimator", ["reparameterized", "mean"])
+@pytest.mark.parametrize("log_phi", [-60.0, -120.0, 60.0, 120.0])
+def test_kl_and_gradients_stay_finite_at_extreme_concentrations(estimator, log_phi):
+    """phi = exp(log phi) unclipped underflows (-120) or overflows (120) float32, and the KL's
+    gradient overflows already at -60; the layer clips log phi to LOG_CONCENTRATION_RANGE."""
+    layer = DirichletSwitch(dataset_size=50, estimator=estimator, seed=3)
+    layer.build((None, 4, 4, 4))
+    layer.log_concentration.assign([log_phi, -4.0, 0.0, 2.0])
+    x = tf.constant(np.random.default_rng(0).normal(size=(16, 4, 4, 4)), tf.float32)
+    with tf.GradientTape() as tape:
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * [1.0, -2.0, 0.5, 3.0]) + tf.add_n(layer.losses)
+    gradient = tape.gradient(loss, layer.log_concentration).numpy()
+    assert np.all(np.isfinite(y.numpy())) and np.isfinite(float(loss))
+    assert np.all(np.isfinite(gradient)), gradient
+    assert np.any(gradient[1:] != 0.0)
+    # The KL is the closed form at the clipped concentration (scipy, float64).
+    clipped = np.clip([log_phi, -4.0, 0.0, 2.0], *LOG_CONCENTRATION_RANGE)
+    np.testing.assert_allclose(float(layer.kl_divergence()), kl_from_paper(np.exp(clipped), 0.1), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(layer.posterior_mean().sum(), 1.0)
+    assert np.all(np.isfinite(np.asarray(layer(x))))
+
+
+def test_large_concentration_kl_is_accurate_and_updates_stay_in_range():
+    """At the upper end (log phi = 25) float32 would give a wrong, negative KL; the layer's
+    float64 evaluation matches TFP's float64 closed form. An optimizer step cannot leave the range."""
+    layer = DirichletSwitch(dataset_size=10, prior_concentration=0.3)
+    layer.build((None, 3))
+    log_phi = np.array([25.0, 24.0, -1.0])
+    layer.log_concentration.assign(log_phi)
+    reference = tfp.distributions.kl_divergence(
+        tfp.distributions.Dirichlet(tf.constant(np.exp(log_phi), tf.float64)),
+        tfp.distributions.Dirichlet(tf.constant([0.3] * 3, tf.float64)),
+    )
+    kl = float(layer.kl_divergence())
+    assert kl > 0.0
+    np.testing.assert_allclose(kl, float(reference), rtol=1e-6, atol=1e-3)
+    assert float(dirichlet_kl(tf.constant(np.exp(log_phi), tf.float32), 0.3)) != pytest.approx(kl, rel=1e-3)
+    layer.log_concentration.assign([-200.0, 200.0, 0.0])  # e.g. an old, unclipped checkpoint
+    optimizer = keras.optimizers.SGD(1.0)
+    with tf.GradientTape() as tape:
+        loss = layer.kl_divergence() + tf.reduce_sum(layer(tf.ones((2, 3)), training=True))
+    optimizer.apply_gradients(zip(tape.gradient(loss, [layer.log_concentration]), [layer.log_concentration], strict=True))
+    values = layer.log_concentration.numpy()
+    assert np.all(values >= LOG_CONCENTRATION_RANGE[0]) and np.all(values <= LOG_CONCENTRATION_RANGE[1])
+
+
+def test_reparameterized_gradient_is_unbiased_for_small_concentrations():
+    """d/d log phi of E[sum_j c_j s_j] = d/d log phi sum_j c_j phi_j / sum(phi) (closed form);
+    the sample average of the pathwise gradients matches it also for phi < 0.05, where TFP's
+    Dirichlet sampler gives NaN gradients in float32."""
+    log_phi = np.array([-6.0, -3.0, 0.5, 2.0])
+    c = np.array([1.0, -2.0, 0.5, 3.0])
+    layer = DirichletSwitch(dataset_size=10, seed=11)
+    layer.build((None, 4))
+    layer.log_concentration.assign(log_phi)
+    with tf.GradientTape() as tape:
+        samples = layer.sample(40000)
+        objective = tf.reduce_mean(tf.reduce_sum(samples * c, axis=-1))
+    pathwise = tape.gradient(objective, layer.log_concentration).numpy()
+    phi = np.exp(log_phi)
+    share = phi / phi.sum()
+    analytic = share * (c - np.dot(share, c))  # d/d log phi_j of sum_k c_k phi_k / sum(phi)
+    assert np.all(np.isfinite(pathwise))
+    np.testing.assert_allclose(pathwise, analytic, atol=0.01)
+    np.testing.assert_allclose(samples.numpy().mean(0), share, atol=0.005)

@@ -166,3 +166,18 @@ def test_synthetic_channel_recovery():
     assert keep[3:].sum() <= 1, sbp.snr()
     accuracy = np.mean((model.predict(x, verbose=0)[:, 0] > 0) == y)
     assert accuracy > 0.9
+
+
+def test_default_initialization_scales_channels_by_the_half_normal_mean():
+    """mu = 0 = log_upper makes log theta = -sigma |eps| (a half-normal), whose exponential has
+    the closed form E[theta] = 2 exp(sigma^2 / 2) Phi(-sigma) ~ 0.9615 for sigma = e^-3."""
+    layer = LogNormalDropout(dataset_size=10, seed=2)
+    layer.build((None, 3))
+    sigma = np.exp(-3.0)
+    closed_form = 2.0 * np.exp(sigma**2 / 2.0) * stats.norm.cdf(-sigma)
+    assert closed_form == pytest.approx(0.9615, abs=1e-4)
+    np.testing.assert_allclose(layer.expected_noise(), closed_form, rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(layer(np.ones((2, 3), "float32")))[0], closed_form, rtol=1e-6)
+    samples = np.asarray(layer(np.ones((20000, 3), "float32"), training=True))
+    assert samples.max() <= 1.0
+    np.testing.assert_allclose(samples.mean(0), closed_form, atol=3 * sigma * 0.6 / np.sqrt(20000))

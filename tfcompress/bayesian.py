@@ -13,7 +13,9 @@ Methods (the layers cite their papers and equations):
                and Park 2021); with ``freeze=True`` (default) only the switches train (step 2 of
                the paper's algorithm).
 ``sbp``        a `LogNormalDropout` after every Conv2D / Dense but the output layer (Neklyudov
-               et al. 2017).
+               et al. 2017). Not function-preserving at conversion: with the layer's default
+               initialization every channel starts scaled by E[theta] ~ 0.9615 (see
+               `LogNormalDropout`).
 ``sparse_vd``  Dense / Conv2D become `VariationalDense` / `VariationalConv2D` with the learned
                kernel as the posterior mean (Molchanov et al. 2017).
 ``bc``         Dense / Conv2D but the output layer become `BCDense` / `BCConv2D` (Louizos et al.
@@ -202,6 +204,10 @@ def _slimming_keep(bn, threshold: float) -> np.ndarray:
 def structure(model, *, slimming_threshold: float | None = None) -> dict[str, dict[str, Any]]:
     """The channels each Bayesian layer keeps: ``{layer: {"kept", "total", "keep_mask"}}``.
 
+    Bayesian Compression layers (``BCDense`` / ``BCConv2D``) also report ``"bit_precision"``:
+    the bits per weight their kept weights need (``BCDense.bit_precision``; None when the layer
+    keeps nothing).
+
     For a ``slimming`` model (plain BatchNormalization with a NetworkSlimming penalty), pass
     ``slimming_threshold``: channels with |gamma| at or below it are dropped.
     """
@@ -216,6 +222,8 @@ def structure(model, *, slimming_threshold: float | None = None) -> dict[str, di
         if keep is not None:
             keep = np.asarray(keep, bool)
             out[layer.name] = {"kept": int(keep.sum()), "total": int(keep.size), "keep_mask": keep.tolist()}
+            if isinstance(layer, BCDense | BCConv2D):
+                out[layer.name]["bit_precision"] = layer.bit_precision()
     return out
 
 

@@ -47,6 +47,10 @@ class KLAnnealing(keras.callbacks.Callback):
     ``start_epoch + warmup_epochs`` on. The weight in force during an epoch is written to
     ``logs["kl_weight"]`` at its end (the last step's value when ``per_step``).
 
+    The weight is a function of the epoch (and step) only, so a run resumed with
+    ``fit(initial_epoch=...)`` after loading a ``.keras`` file, or by ``BackupAndRestore``,
+    continues the schedule where it stopped.
+
     Args:
         start_epoch: first epoch of the warm-up (the weight is 0 before it).
         warmup_epochs: length of the warm-up in epochs.

@@ -5,6 +5,11 @@ After every epoch, each ``VariationalBatchNormalization`` channel whose saliency
 lines 7-11 of the seed slides): its ``mask`` entry is set to 0, so it outputs 0 from then on.
 Pruning is permanent. The counts are written to ``logs`` and, with ``log_dir`` or
 ``writer``, to TensorBoard.
+
+Resuming: the callback keeps no state of its own (the masks are layer variables, saved in
+``.keras`` files and by ``BackupAndRestore``). List it before ``BackupAndRestore`` /
+``ModelCheckpoint`` in ``callbacks`` so that the checkpoint written at the end of an epoch
+already holds that epoch's pruning.
 """
 
 from __future__ import annotations

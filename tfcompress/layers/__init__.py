@@ -1,6 +1,7 @@
 """Keras layers: Bayesian pruning layers, pruning wrappers, quantized and hashed layers."""
 
 from tfcompress.clustering import ClusterWeights
+from tfcompress.layers.bayesian_compression import BCConv2D, BCDense
 from tfcompress.layers.binary import BinaryConv2D, BinaryDense, QuantizeActivation
 from tfcompress.layers.dirichlet import DirichletSwitch, freeze_all_but_switches
 from tfcompress.layers.hashed import HashedConv2D, HashedDense
@@ -13,6 +14,8 @@ from tfcompress.qat import ActivationQuantizer, QuantizedLayer
 
 __all__ = [
     "ActivationQuantizer",
+    "BCConv2D",
+    "BCDense",
     "BinaryConv2D",
     "BinaryDense",
     "ClusterWeights",

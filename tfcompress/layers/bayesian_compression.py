@@ -16,10 +16,12 @@ z_j * (x mu_j + sqrt(x^2 sigma_j^2) eps), z_j sampled per example. At inference 
 for the groups with log alpha_j < ``threshold`` (the paper prunes at log alpha >= 3 for GNJ),
 the others are 0 (``keep_mask``).
 
-``bit_precision()`` (paper sec. 4, "bit precision"): the posterior uncertainty says how
-finely the surviving weights need to be represented; we take the smallest marginal standard
-deviation of the layer's kept weights as the resolution (unit round-off) and the largest
-|E[w]| as the range, so a layer needs 1 + ceil(log2(range / resolution)) bits (sign included).
+``bit_precision()``: the paper uses the posterior uncertainty of the weights to choose the
+precision each layer is stored with (its second contribution; sec. 3.1 gives the marginal
+variance of w = z w~ under the GNJ posterior). The per-layer rule here is this library's own
+choice, not the paper's procedure: a fixed-point code whose step is the smallest posterior
+standard deviation of the kept weights, see ``bit_precision``.
+``tfcompress.bayesian.structure`` reports it next to the kept channels.
 
 Groups here are output units / filters (what structured pruning removes); the paper's FC
 groups are input neurons, which prunes the same units seen from the next layer. The horseshoe
@@ -36,10 +38,15 @@ import numpy as np
 from keras import ops
 
 from tfcompress.layers.sparse_vd import LOG_ALPHA_CLIP, approximate_kl
-from tfcompress.layers.variational_bn import add_kl_loss, add_pruning_state, check_dataset_size
+from tfcompress.layers.variational_bn import (
+    SeedStateMixin,
+    add_kl_loss,
+    add_pruning_state,
+    check_dataset_size,
+)
 
 
-class _BCBase(keras.layers.Layer):
+class _BCBase(SeedStateMixin, keras.layers.Layer):
     tfcompress_bayesian = True
 
     def __init__(self, dataset_size: int | None, activation: Any, use_bias: bool, threshold: float,
@@ -117,7 +124,29 @@ class _BCBase(keras.layers.Layer):
         return [kernel.astype("float32"), bias.astype("float32")]
 
     def bit_precision(self) -> int | None:
-        """Bits the kept weights need (paper sec. 4): 1 + ceil(log2(max |E[w]| / min std[w]))."""
+        """Bits per weight of a fixed-point code for the kept weights (our rule, see below).
+
+        What it computes, over the weights of the groups in ``keep_mask()`` (w = z w~ with z
+        and w~ independent under the posterior)::
+
+            Var[w_ij] = (E[z_j]^2 + Var[z_j]) (E[w~_ij]^2 + Var[w~_ij]) - E[z_j]^2 E[w~_ij]^2
+            step      = min_ij sqrt(Var[w_ij])        (the smallest posterior std, floored at 1e-12)
+            range     = max_ij |E[z_j] E[w~_ij]|      (the largest |E[w]|)
+            bits      = 1 + max(0, ceil(log2(max(range / step, 1))))
+
+        i.e. one sign bit plus enough magnitude bits for a uniform grid of spacing ``step`` to
+        reach ``range``, so rounding the posterior means moves no kept weight by more than half
+        of the smallest posterior standard deviation. ``Var[w~]`` uses the layer's clip of
+        log sigma^2 to [-20, 5]. Returns None when no group is kept.
+
+        Provenance: Louizos et al. 2017 choose each layer's precision from the posterior
+        variance of its weights (the marginal variance above is their sec. 3.1 expression for
+        the group normal-Jeffreys posterior). The authors' released code
+        (Tutorial_BayesianCompressionForDL, ``compression.py``) instead counts floating-point
+        significand bits per weight by comparing 2 Var[w] with the unit round-off, averages
+        them over the layer and adds sign and exponent bits. This fixed-point, worst-weight
+        rule is this library's own choice; its numbers are not comparable to the paper's.
+        """
         keep = self.keep_mask()
         if not keep.any():
             return None

@@ -15,11 +15,28 @@ with the closed form KL (slides 001, which corrects the digamma argument to phi_
          + sum_j (phi_j - alpha_0) [psi(phi_j) - psi(sum_j phi_j)]
 
 The expectation is estimated either with implicitly reparameterized Dirichlet samples
-(``estimator="reparameterized"``: TFP's Dirichlet samples normalized Gamma variates whose
-gradient w.r.t. the concentration is the implicit gradient of the Gamma inverse CDF, slides
-"Reparametrization tricks" 1) or with the analytic mean ``s~_j = phi_j / sum_j' phi_j'``
-(``estimator="mean"``, slides trick 2). At inference the posterior mean is used, and channels
-are ranked by it.
+(``estimator="reparameterized"``, slides "Reparametrization tricks" 1) or with the analytic
+mean ``s~_j = phi_j / sum_j' phi_j'`` (``estimator="mean"``, slides trick 2). At inference the
+posterior mean is used, and channels are ranked by it.
+
+Sampling: ``s = g / sum(g)`` with ``g_j ~ Gamma(phi_j, 1)``, each ``g_j`` drawn with the
+shape augmentation ``g_j = G_j U_j^(1 / phi_j)``, ``G_j ~ Gamma(phi_j + 1, 1)``,
+``U_j ~ U(0, 1)`` (the shape < 1 case of Marsaglia and Tsang, ACM TOMS 2000; the "shape
+augmentation" of Naesseth et al., AISTATS 2017, for reparameterization gradients). ``G_j``
+carries TensorFlow's implicit reparameterization gradient of the Gamma sampler (Figurnov et
+al., NeurIPS 2018), ``U^(1/phi)`` an explicit one, and ``s = softmax(log g)`` is computed in
+log space. Without the augmentation a Gamma variate of small shape underflows to 0 in float32,
+where the implicit gradient is 0/0: TFP's ``Dirichlet(phi).sample`` gives NaN gradients for
+phi below ~0.05 (float32).
+
+Numerical range: ``phi = exp(clip(log_concentration, -25, 25))`` (``LOG_CONCENTRATION_RANGE``;
+the variable is also projected onto that interval after each update). Unclipped, phi underflows
+to 0 in float32 below log phi ~ -87, where lgamma / digamma turn inf / NaN, and the KL's
+gradient (~ alpha_0 / phi^2 w.r.t. phi) overflows float32 from log phi ~ -44. For large phi
+the KL is a difference of terms ~ phi log phi: in float32 it is already wrong at log phi = 20,
+so it is evaluated in float64, whose absolute error (~ phi log phi * 1e-16) is ~1e-4 at the
+upper end. A channel at the lower end has a posterior mean share ~1e-11 (pruned); at the upper
+end its switch is practically deterministic.
 
 Scaling: a sample sums to 1, so multiplying a layer's D channels by ``s`` alone divides the
 activations by about D and breaks the pre-trained, frozen network of step 2. The slides do
@@ -47,7 +64,9 @@ import tensorflow as tf
 from keras import ops
 
 from tfcompress.errors import TfcompressError
+from tfcompress.layers.lognormal import IntervalConstraint
 from tfcompress.layers.variational_bn import (
+    SeedStateMixin,
     add_kl_loss,
     add_pruning_state,
     check_dataset_size,
@@ -55,6 +74,7 @@ from tfcompress.layers.variational_bn import (
 )
 
 ESTIMATORS = ("reparameterized", "mean")
+LOG_CONCENTRATION_RANGE = (-25.0, 25.0)
 
 
 def dirichlet_kl(concentration, prior_concentration: float):
@@ -78,12 +98,12 @@ def dirichlet_kl(concentration, prior_concentration: float):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class DirichletSwitch(keras.layers.Layer):
+class DirichletSwitch(SeedStateMixin, keras.layers.Layer):
     """Per-layer Dirichlet importance switch over the channels (last axis) of its input.
 
     ``y = x * mask * D * s`` with ``s ~ Dir(phi)`` in training (one sample per example, or the
     analytic mean with ``estimator="mean"``) and ``s = E[s] = phi / sum(phi)`` at inference.
-    ``phi = exp(log_concentration)`` so that phi -> 0 stays representable.
+    ``phi = exp(clip(log_concentration, *LOG_CONCENTRATION_RANGE))`` (see the module docstring).
 
     Args:
         dataset_size: number of training examples N; the layer adds ``kl_weight * KL / N``.
@@ -152,29 +172,49 @@ class DirichletSwitch(keras.layers.Layer):
             shape=(int(channels),),
             name="log_concentration",
             initializer=keras.initializers.Constant(math.log(self.initial_concentration)),
+            constraint=IntervalConstraint(*LOG_CONCENTRATION_RANGE),
             trainable=True,
             autocast=False,
         )
         add_pruning_state(self, int(channels), self.initial_kl_weight)
 
-    def concentration(self):
-        """phi, the posterior concentration (a tensor)."""
-        return ops.exp(ops.cast(self.log_concentration, "float32"))
+    def log_concentration_clipped(self, dtype: str = "float32"):
+        """``clip(log phi, *LOG_CONCENTRATION_RANGE)`` as a tensor of ``dtype``."""
+        low, high = LOG_CONCENTRATION_RANGE
+        return ops.clip(ops.cast(self.log_concentration, dtype), low, high)
+
+    def concentration(self, dtype: str = "float32"):
+        """phi, the posterior concentration (a tensor), from the clipped log concentration."""
+        return ops.exp(self.log_concentration_clipped(dtype))
+
+    def sample(self, batch_size: int) -> tf.Tensor:
+        """``batch_size`` (an int or a scalar tensor) reparameterized samples of ``Dir(phi)``.
+
+        Returns a ``(batch_size, D)`` tensor whose rows sum to 1.
+
+        Shape augmentation (module docstring): ``log g = log G + log(U) / phi`` with
+        ``G ~ Gamma(phi + 1)``, ``U ~ U(0, 1)``, then ``s = softmax(log g)``.
+        """
+        log_phi = self.log_concentration_clipped()
+        phi = ops.exp(log_phi)
+        shape = tf.stack([batch_size, tf.shape(phi)[0]])
+        seed = tf.cast(self.seed_generator.next(), tf.int32)
+        gamma = tf.random.stateless_gamma(shape, seed=seed, alpha=phi + 1.0)
+        uniform = tf.random.stateless_uniform(shape, seed=seed[::-1] + 1, minval=1e-7, maxval=1.0)
+        # Gamma(phi + 1) >= a few 1e-8 except with negligible probability; keep log() finite anyway.
+        log_g = tf.math.log(tf.maximum(gamma, 1e-30)) + tf.math.log(uniform) / phi
+        return tf.nn.softmax(log_g, axis=-1)
 
     def call(self, inputs, training=None):
-        phi = self.concentration()
         if training and self.estimator == "reparameterized":
-            import tensorflow_probability as tfp
-
-            seed = ops.cast(self.seed_generator.next(), "int32")
-            switches = tfp.distributions.Dirichlet(phi).sample(ops.shape(inputs)[0], seed=seed)
             switches = ops.reshape(
-                switches, [-1] + [1] * (len(inputs.shape) - 2) + [inputs.shape[-1]]
+                self.sample(ops.shape(inputs)[0]),
+                [-1] + [1] * (len(inputs.shape) - 2) + [inputs.shape[-1]],
             )
         else:
-            switches = phi / ops.sum(phi)
+            switches = ops.softmax(self.log_concentration_clipped())  # phi / sum(phi)
         if self.scale_by_channels:
-            switches = switches * float(phi.shape[0])
+            switches = switches * float(self.log_concentration.shape[0])
         add_kl_loss(self)
         gate = ops.cast(switches * self.mask, inputs.dtype)
         return inputs * gate
@@ -183,12 +223,13 @@ class DirichletSwitch(keras.layers.Layer):
         return input_shape
 
     def kl_divergence(self):
-        """KL[Dir(phi) || Dir(alpha_0)] (slides 001 closed form), unscaled."""
-        return dirichlet_kl(self.concentration(), self.prior_concentration)
+        """KL[Dir(phi) || Dir(alpha_0)] (slides 001 closed form), unscaled, evaluated in float64."""
+        kl = dirichlet_kl(self.concentration("float64"), self.prior_concentration)
+        return ops.cast(kl, "float32")
 
     def posterior_mean(self) -> np.ndarray:
-        """E[s] = phi / sum(phi) per channel (sums to 1)."""
-        log_phi = np.asarray(self.log_concentration.numpy(), dtype=np.float64)
+        """E[s] = phi / sum(phi) per channel (sums to 1), with the clipped phi of ``call``."""
+        log_phi = np.clip(np.asarray(self.log_concentration.numpy(), dtype=np.float64), *LOG_CONCENTRATION_RANGE)
         phi = np.exp(log_phi - log_phi.max())
         return phi / phi.sum()
 

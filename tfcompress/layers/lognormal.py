@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from tfcompress.errors import TfcompressError
 from tfcompress.layers.variational_bn import (
+    SeedStateMixin,
     add_kl_loss,
     add_pruning_state,
     check_dataset_size,
@@ -126,7 +127,7 @@ class IntervalConstraint(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class LogNormalDropout(keras.layers.Layer):
+class LogNormalDropout(SeedStateMixin, keras.layers.Layer):
     """SBP: multiply each channel by log-normal noise; prune channels with SNR < threshold.
 
     ``y = x * theta * mask``, ``log theta ~ TN(mu, sigma^2; a, b)`` sampled per example and
@@ -137,9 +138,18 @@ class LogNormalDropout(keras.layers.Layer):
         log_lower, log_upper: the truncation interval ``[a, b]`` of ``log theta`` (paper:
             ``[-20, 0]``).
         snr_threshold: channels with SNR below it are pruned at inference (paper: 1).
-        initial_mu, initial_log_sigma: initial posterior parameters of every channel
-            (defaults: ``theta`` close to 1 with little noise, so a pre-trained network is
-            unchanged when the layer is inserted).
+        initial_mu, initial_log_sigma: initial posterior parameters of every channel. The
+            defaults (``mu = 0 = log_upper``, ``sigma = e^-3 ~ 0.050``) put the mode on the
+            upper truncation point, so ``log theta`` starts as a half-normal and
+            ``E[theta] = 2 exp(sigma^2 / 2) Phi(-sigma) ~ 0.9615``: from the start every channel
+            is scaled by ~0.96 at inference (and by a random factor <= 1 in training).
+            Inserting the layer, e.g. with ``tfcompress.bayesian.convert(model, "sbp")``, is
+            therefore *not* function-preserving: after L such layers in a ReLU network the
+            pre-trained signal is scaled by ~0.96^L (biases not), until training adapts the
+            other layers. No choice is exact with ``log_upper = 0``: theta <= 1, so
+            ``E[theta] < 1``; a smaller ``initial_log_sigma`` gets closer (-6: E ~ 0.998) at
+            the cost of a larger initial KL. The defaults are left as they are so that
+            training behaves as it always has.
         kl_weight: initial value of the ``kl_weight`` variable.
         seed: seed of the noise.
     """

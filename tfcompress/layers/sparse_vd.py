@@ -42,7 +42,12 @@ import numpy as np
 from keras import ops
 
 from tfcompress.errors import TfcompressError
-from tfcompress.layers.variational_bn import add_kl_loss, add_pruning_state, check_dataset_size
+from tfcompress.layers.variational_bn import (
+    SeedStateMixin,
+    add_kl_loss,
+    add_pruning_state,
+    check_dataset_size,
+)
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_CLIP = 8.0
@@ -60,7 +65,7 @@ def approximate_kl(log_alpha):
     return -negative_kl
 
 
-class _SparseVariationalBase(keras.layers.Layer):
+class _SparseVariationalBase(SeedStateMixin, keras.layers.Layer):
     """Shared state of the sparse-VD layers (theta, log_sigma2, bias, mask, kl_weight)."""
 
     def __init__(

@@ -36,6 +36,9 @@ Shared protocol of the Bayesian pruning layers (this module, ``dirichlet``, ``lo
 - ``kl_divergence()`` returns the unscaled KL as a scalar tensor; ``channel_importance()``
   (NumPy, one score per channel, larger = more important) and ``keep_mask()`` (NumPy bool,
   the channels that survive) are what pruning and surgery read.
+- The state of the layer's noise ``seed_generator`` is saved with its variables (``.keras``,
+  ``save_weights``, ``BackupAndRestore``; see ``SeedStateMixin``), so a resumed run draws the
+  noise an uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -119,8 +122,32 @@ def gaussian_kl(mu, log_sigma, prior_stddev: float):
     )
 
 
+class SeedStateMixin:
+    """Save and load ``self.seed_generator``'s state with the layer's variables.
+
+    Keras does not store a ``SeedGenerator``'s state in ``.keras`` / ``.weights.h5`` files, so
+    a layer reloaded mid-training restarts its noise stream from the seed and a resumed run
+    diverges from an uninterrupted one. The state is written as one extra entry after the
+    layer's variables; files without it (written before) load as before.
+    """
+
+    def _own_variable_count(self) -> int:
+        return len(self._trainable_variables) + len(self._non_trainable_variables)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[str(self._own_variable_count())] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        count = self._own_variable_count()
+        if len(store.keys()) == count + 1:
+            self.seed_generator.state.assign(np.asarray(store[str(count)]))
+            store = {str(i): store[str(i)] for i in range(count)}
+        super().load_own_variables(store)
+
+
 @keras.saving.register_keras_serializable(package="tfcompress")
-class VariationalBatchNormalization(keras.layers.BatchNormalization):
+class VariationalBatchNormalization(SeedStateMixin, keras.layers.BatchNormalization):
     """BatchNormalization with a Gaussian posterior over the scale (VCP, Zhao et al. 2019).
 
     A drop-in for ``keras.layers.BatchNormalization``: same arguments (``renorm`` is not
