@@ -81,6 +81,7 @@ def main() -> None:
     rows.append(pruned_row("global magnitude 90%", sparsity=0.9, scope="global"))
     rows.append(pruned_row("2:4", sparsity=0.5, granularity="2:4"))
     rows.append(pruned_row("channels 50% + shrink", sparsity=0.5, granularity="channel", shrink=True))
+    rows.append(pruned_row("channels 60% + shrink", sparsity=0.6, granularity="channel", shrink=True))
     rows.append(pruned_row("channels 70% + shrink", sparsity=0.7, granularity="channel", shrink=True))
     # Lottery ticket: prune to 90% over the first 60% of steps, rewind the survivors to the
     # pre-trained weights (step 0 of this fit) and retrain them for the remaining 40%.
@@ -125,11 +126,14 @@ def main() -> None:
         f"{args.pretrain_epochs} dense pre-training epochs, then {args.epochs} epochs per row "
         f"(Adam 1e-3, batch {args.batch_size}); PolynomialDecay(0 -> target, power 3) over the first "
         f"{end_step} of {steps} fine-tuning steps, frequency 100. keras.__version__ {keras.__version__}.",
+        "train overhead: a row's s/epoch over the dense row's, trained one after the other in this run (the tfmot "
+        "row: over its own plain tf_keras fit); the interleaved, side-by-side measurement of the overhead is the "
+        "'training overhead vs plain fit' table (benchmarks/bench_overhead.py).",
         "Accuracy deltas vs dense (int8 on LiteRT): " + ", ".join(
             f"{r['model']} {100 * (r['int8 accuracy (LiteRT)'] - dense_row['int8 accuracy (LiteRT)']):+.2f}"
             for r in rows[1:]) + " points.",
     ]
-    for name in ("channels 50% + shrink", "channels 70% + shrink"):
+    for name in ("channels 50% + shrink", "channels 60% + shrink", "channels 70% + shrink"):
         r = by_name[name]
         notes.append(f"{name}: {dense_row['MACs'] / r['MACs']:.2f}x fewer MACs than dense, LiteRT latency "
                      f"{r['latency vs first']:.3f}x dense (MAC ratio {r['MACs'] / dense_row['MACs']:.3f}).")
