@@ -10,7 +10,7 @@ from tfcompress.layers.sparse_vd import VariationalConv2D, VariationalDense
 from tfcompress.layers.ternary import TernaryConv2D, TernaryDense
 from tfcompress.layers.variational_bn import VariationalBatchNormalization
 from tfcompress.pruning import MaskedBatchNormalization, PruneLowMagnitude
-from tfcompress.qat import ActivationQuantizer, QuantizedLayer
+from tfcompress.qat import ActivationQuantizer, QuantizedLayer, SharedRangeQuantizer
 
 __all__ = [
     "ActivationQuantizer",
@@ -19,16 +19,17 @@ __all__ = [
     "BinaryConv2D",
     "BinaryDense",
     "ClusterWeights",
+    "DirichletSwitch",
     "HashedConv2D",
     "HashedDense",
-    "QuantizedLayer",
-    "TernaryConv2D",
-    "TernaryDense",
-    "DirichletSwitch",
     "LogNormalDropout",
     "MaskedBatchNormalization",
     "PruneLowMagnitude",
     "QuantizeActivation",
+    "QuantizedLayer",
+    "SharedRangeQuantizer",
+    "TernaryConv2D",
+    "TernaryDense",
     "VariationalBatchNormalization",
     "VariationalConv2D",
     "VariationalDense",
