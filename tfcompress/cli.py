@@ -37,12 +37,19 @@ def _native_stderr_captured(verbose: bool) -> Iterator[None]:
         return
     sys.stderr.flush()
     saved = os.dup(2)
+    python_stderr = sys.stderr
+    # Python's own messages (progress, warnings we print) still reach the terminal: only what
+    # native code writes to fd 2 goes to the sink.
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(python_stderr, "encoding", None))
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
+        sys.stderr = terminal
         try:
             yield
         finally:
-            sys.stderr.flush()
+            terminal.flush()
+            sys.stderr = python_stderr
+            terminal.close()
             os.dup2(saved, 2)
             os.close(saved)
 
@@ -214,6 +221,14 @@ def cmd_edgetpu(args) -> int:
     return EXIT_OK if report.ready else EXIT_FAILED
 
 
+def _demo_message(args, message: str) -> None:
+    """The demo's progress and its results table are its output: stdout, unless --json owns it."""
+    if args.json:
+        _progress(args, message)
+    elif not args.quiet or "\n" in message:  # --quiet keeps the results table only
+        print(message, flush=True)
+
+
 def cmd_demo(args) -> int:
     from tfcompress.demo import run_demo
 
@@ -223,7 +238,7 @@ def cmd_demo(args) -> int:
             dataset=args.dataset,
             epochs=args.epochs,
             runs=args.runs,
-            log=lambda message: _progress(args, message),
+            log=lambda message: _demo_message(args, message),
         )
     if args.json:
         _print_json(result)
