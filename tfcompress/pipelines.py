@@ -50,7 +50,13 @@ import numpy as np
 
 from tfcompress.callbacks.rewinding import reset_optimizer, rewind_weights, snapshot_weights
 from tfcompress.errors import TfcompressError
-from tfcompress.pruning import parse_granularity, prune, pruning_wrappers, update_masks
+from tfcompress.pruning import (
+    mask_sparsity,
+    parse_granularity,
+    prune,
+    pruning_wrappers,
+    update_masks,
+)
 from tfcompress.schedules import ConstantSparsity
 
 logger = logging.getLogger("tfcompress")
@@ -181,11 +187,10 @@ def iterative_prune(model: keras.Model, sparsities: Sequence[float], train_fn: C
         if rewind is not None:
             reset_optimizer(optimizer, iterations=True, learning_rate=initial_lr)
         result = train_fn(pruned, k)
-        masks = {w.layer.name: keras.ops.convert_to_numpy(w.mask) for w in wrappers}
-        zeros = sum(int(m.size - np.count_nonzero(m)) for m in masks.values())
-        total = sum(m.size for m in masks.values())
-        record = {"round": k, "target": target, "sparsity": zeros / total,
-                  "layers": {name: float(1.0 - m.mean()) for name, m in masks.items()}, "train": result}
+        record = {"round": k, "target": target, "sparsity": mask_sparsity(wrappers),
+                  "layers": {w.layer.name: float(1.0 - keras.ops.convert_to_numpy(w.mask).mean())
+                             for w in wrappers},
+                  "train": result}
         history.append(record)
         logger.info("iterative_prune: round %d, target %.4f, sparsity %.4f", k, target, record["sparsity"])
     return IterativePruningResult(pruned, history)

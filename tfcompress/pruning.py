@@ -759,6 +759,13 @@ def _sync_followers(model) -> None:
             bn.channel_mask.assign(source.channel_mask_numpy().astype("float32"))
 
 
+def mask_sparsity(wrappers) -> float:
+    """Fraction of zero mask entries over all the given pruning wrappers."""
+    masks = [keras.ops.convert_to_numpy(w.mask) for w in wrappers]
+    total = sum(m.size for m in masks)
+    return sum(int(m.size - np.count_nonzero(m)) for m in masks) / max(total, 1)
+
+
 def pruning_summary(model) -> dict[str, dict[str, float]]:
     """Per wrapped layer: its weight sparsity, pruned channels and step."""
     out = {}

@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
 
 from tfcompress.errors import TfcompressError
-from tfcompress.pruning import pruning_wrappers, update_masks
+from tfcompress.pruning import mask_sparsity, pruning_wrappers, update_masks
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -47,12 +46,7 @@ class UpdatePruning(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None and self._wrappers:
-            zeros = total = 0
-            for w in self._wrappers:
-                mask = keras.ops.convert_to_numpy(w.mask)
-                zeros += int(mask.size - np.count_nonzero(mask))
-                total += mask.size
-            logs["sparsity"] = zeros / max(total, 1)
+            logs["sparsity"] = mask_sparsity(self._wrappers)
 
     def get_config(self) -> dict[str, Any]:
         return {}

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcompressError
-from tfcompress.pruning import pruning_wrappers
+from tfcompress.pruning import mask_sparsity, pruning_wrappers
 
 
 def erk_densities(shapes: list[tuple[int, ...]], density: float) -> list[float]:
@@ -171,8 +171,7 @@ class SparseTraining(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            masks = [keras.ops.convert_to_numpy(w.mask) for w in self._wrappers]
-            logs["sparsity"] = 1.0 - sum(m.sum() for m in masks) / sum(m.size for m in masks)
+            logs["sparsity"] = mask_sparsity(self._wrappers)
 
     def get_config(self) -> dict[str, Any]:
         return {"method": self.method, "update_freq": self.update_freq, "drop_fraction": self.drop_fraction,
