@@ -37,7 +37,9 @@ kernel writes it on, so the exported file needs no requantizing QUANTIZE op and 
 Options: ``skip_layers`` leaves named layers in float (their export then needs
 ``allow_float_fallback``); ``start_step`` keeps fake quantization off (ranges still tracked)
 for the first N training steps; ``preserve_sparsity`` keeps the kernel's zeros exactly zero
-(pruning-preserving QAT, as tfmot's PQAT), so a pruned model keeps its zero count in int8.
+(pruning-preserving QAT, as tfmot's PQAT) and its other weights non-zero (a kept weight below half
+an int8 step is set to one step, which tfmot's PQAT does not do), so the int8 file has exactly the
+pruned model's zeros.
 """
 
 from __future__ import annotations
@@ -55,16 +57,37 @@ from tfcompress.errors import TfcompressError
 logger = logging.getLogger("tfcompress")
 
 _EXPORTING = [False]
+# folded kernels computed eagerly for export, by id(QuantizedLayer): the converter does not
+# constant-fold element-wise ops on large kernels (it left fc1's SELECT in float), so
+# preserve_sparsity's survivor lifting reaches it as a ready constant
+_EXPORT_KERNELS: dict[int, np.ndarray] = {}
 
 
 @contextlib.contextmanager
-def export_mode() -> Iterator[None]:
+def export_mode(model: keras.Model | None = None) -> Iterator[None]:
     """While tracing for the converter: weights stay float (the converter quantizes them)."""
+    frozen = []
+    if model is not None:
+        for layer in _all_layers(model):
+            if isinstance(layer, QuantizedLayer) and layer.sparsity_mask is not None:
+                _EXPORT_KERNELS[id(layer)] = keras.ops.convert_to_numpy(layer.folded_kernel_and_bias()[0])
+                frozen.append(id(layer))
     _EXPORTING.append(True)
     try:
         yield
     finally:
         _EXPORTING.pop()
+        for key in frozen:
+            _EXPORT_KERNELS.pop(key, None)
+
+
+def _all_layers(model) -> list:
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_all_layers(layer))
+    return found
 
 
 def exporting() -> bool:
@@ -305,7 +328,7 @@ class QuantizedLayer(keras.layers.Wrapper):
             else kernel.shape[-1]
         bias = layer.bias if layer.use_bias else ops.zeros((out_channels,))
         if self.batch_norm is None:
-            return kernel, bias
+            return self._keep_survivors(kernel), bias
         bn = self.batch_norm
         gamma = bn.gamma if bn.scale else ops.ones((out_channels,))
         beta = bn.beta if bn.center else ops.zeros((out_channels,))
@@ -314,7 +337,34 @@ class QuantizedLayer(keras.layers.Wrapper):
             folded = kernel * ops.reshape(factor, (1, 1, kernel.shape[2], kernel.shape[3]))
         else:
             folded = kernel * factor
-        return folded, beta + (bias - bn.moving_mean) * factor
+        return self._keep_survivors(folded), beta + (bias - bn.moving_mean) * factor
+
+    def _keep_survivors(self, kernel):
+        """With ``preserve_sparsity``: a kept weight smaller than half an int8 step becomes one step.
+
+        Per-channel symmetric int8 rounds ``w / s`` (``s = max|w_c| / 127``) to zero when
+        ``|w| < s / 2``, which would add zeros the pruned model does not have. Such a survivor is
+        set to ``sign(w) * s`` (a change below one step, as rounding itself makes), so training,
+        the converter and the int8 file all see the pruned zeros and only those.
+        """
+        from keras import ops
+
+        if self.sparsity_mask is None:
+            return kernel
+        if exporting() and id(self) in _EXPORT_KERNELS:
+            return ops.convert_to_tensor(_EXPORT_KERNELS[id(self)])
+        mask = self.sparsity_mask
+        if isinstance(self.layer, keras.layers.DepthwiseConv2D):
+            flat = ops.reshape(ops.abs(kernel), (kernel.shape[0] * kernel.shape[1], -1))
+            step = ops.reshape(ops.max(flat, axis=0), (1, 1, kernel.shape[2], kernel.shape[3])) / 127.0
+        else:
+            step = ops.max(ops.reshape(ops.abs(kernel), (-1, kernel.shape[-1])), axis=0) / 127.0
+        # a survivor that is exactly 0 (possible after BN folding with gamma 0) gets +s
+        direction = ops.where(kernel < 0, -1.0, 1.0)
+        small = ops.logical_and(mask > 0, ops.abs(kernel) < 0.5 * step)
+        lifted = ops.where(small, direction * step, kernel)
+        # straight-through: a lifted weight still receives its gradient and can grow out of the band
+        return kernel + ops.stop_gradient(lifted - kernel)
 
     def _quantized_kernel(self, kernel, training):
         import tensorflow as tf

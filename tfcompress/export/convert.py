@@ -279,7 +279,7 @@ def to_tflite(
             # with the formula the fake quantization simulated (see tfcompress.qat)
             from tfcompress.qat import export_mode
 
-            with export_mode():
+            with export_mode(model):
                 flatbuffer = _convert(model, quantization, samples, io_dtype, allow_float_fallback, batch_size)
         else:
             flatbuffer = _convert(model, quantization, samples, io_dtype, allow_float_fallback, batch_size)
