@@ -6,8 +6,10 @@ Protocol: one dense model is pre-trained for ``--pretrain-epochs`` (Adam 1e-3, b
 Bayesian row converts it with ``tfcompress.bayesian.convert`` and trains ``--epochs`` more
 (Adam 1e-3; the KL weight warmed up linearly over the first half to ``--kl-max``, which is the
 beta of a beta-ELBO: 1 is the plain ELBO), then ``bayesian.strip`` + ``shrink`` give a small
-ordinary model that is exported to full int8 and measured on LiteRT; nothing is retrained
-unless the row says so. The magnitude row prunes 70% of channels with the issue-3 flow
+ordinary model that is exported to full int8 and measured on LiteRT. ``--method-kl vcp=30``
+sets one method's beta; ``--finetune-epochs F`` trains each shrunk model F more epochs (plain
+Keras fit, the dense row trains F more too), and the table then shows the accuracy before
+fine-tuning beside it; VCP is always reported both without retraining and after it. The magnitude row prunes 70% of channels with the issue-3 flow
 (prune / UpdatePruning / strip / shrink) over the same epochs. Latencies: one interleaved
 LiteRT run, 1 thread, ratio to dense.
 """
@@ -36,6 +38,10 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--kl-max", type=float, default=1.0, help="beta of the beta-ELBO at the end of warm-up")
+    parser.add_argument("--method-kl", default="",
+                        help="per-method beta overriding --kl-max, e.g. 'vcp=30,sbp=100'")
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="epochs of plain training of each shrunk model (the dense row trains as many more)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--limit", type=int, default=None)
@@ -54,6 +60,20 @@ def main() -> None:
     data = common.load_data(args.limit)
     n = len(data.x_train)
     steps = int(np.ceil(n / args.batch_size)) * args.epochs
+    betas = {m: float(v) for m, v in (item.split("=") for item in args.method_kl.split(",") if item)}
+    unknown = set(betas) - set(bayesian.METHODS)
+    if unknown:
+        parser.error(f"--method-kl: unknown method(s) {sorted(unknown)}; use {bayesian.METHODS}")
+    finetune = args.finetune_epochs
+
+    def fine_tune(model) -> tuple[float | None, int]:
+        """Keras accuracy before fine-tuning and the seconds the fine-tuning took."""
+        if not finetune:
+            return None, 0
+        before = round(common.keras_accuracy(model, data), 4)
+        started = time.perf_counter()
+        model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=finetune, verbose=2)
+        return before, round(time.perf_counter() - started)
     dense = common.compile_model(common.lenet())
     dense.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.pretrain_epochs, verbose=2)
     pretrained = dense.get_weights()
@@ -69,7 +89,7 @@ def main() -> None:
     rows: list[dict] = []
     baseline = common.compile_model(fresh())
     started = time.perf_counter()
-    baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2)
+    baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs + finetune, verbose=2)
     _, base_report = tfcompress.shrink(baseline, return_report=True)
     rows.append(common.export_row("dense", baseline, data, **{
         "channels": kept(base_report), "train s": round(time.perf_counter() - started)}))
@@ -80,11 +100,13 @@ def main() -> None:
     pruned.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2,
                callbacks=[UpdatePruning()])
     small, report = tfcompress.shrink(pruned, return_report=True)
-    rows.append(common.export_row("magnitude channels 70% (issue 3)", common.compile_model(small), data, **{
-        "channels": kept(report), "train s": round(time.perf_counter() - started)}))
+    seconds = round(time.perf_counter() - started)
+    before, tuned = fine_tune(common.compile_model(small))
+    rows.append(common.export_row("magnitude channels 70% (issue 3)", small, data, **{
+        "channels": kept(report), "train s": seconds + tuned, "keras accuracy before fine-tuning": before}))
 
-    annealing = {"warmup_epochs": max(1, args.epochs // 2), "max_weight": args.kl_max}
     for method in args.methods.split(","):
+        annealing = {"warmup_epochs": max(1, args.epochs // 2), "max_weight": betas.get(method, args.kl_max)}
         extra = {}
         if method == "dirichlet":
             extra = {"prior_concentration": 0.5, "estimator": "reparameterized"}
@@ -107,17 +129,24 @@ def main() -> None:
         common.compile_model(small)
         label = {"vcp": "VCP", "dirichlet": "Dirichlet", "sbp": "SBP", "sparse_vd": "sparse VD",
                  "bc": "BC-GNJ", "slimming": "network slimming"}[method]
-        row = common.export_row(label + (" (no retraining)" if method == "vcp" else ""), small, data, **{
-            "channels": kept(report), "train s": seconds})
-        if method == "bc":
-            bits = [layer.bit_precision() for layer in model.layers if hasattr(layer, "bit_precision")]
-            row["note"] = "bits per layer " + "-".join(str(b) for b in bits)
-        rows.append(row)
+        beta = "L1 on BN gamma" if method == "slimming" else f"beta {annealing['max_weight']:g}"
         if method == "vcp":
+            rows.append(common.export_row("VCP (no retraining)", small, data, **{
+                "channels": kept(report), "train s": seconds, "note": beta}))
             started = time.perf_counter()
-            small.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=1, verbose=2)
-            rows.append(common.export_row("VCP + 1 epoch retraining", small, data, **{
-                "channels": kept(report), "train s": seconds + round(time.perf_counter() - started)}))
+            small.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=max(1, finetune), verbose=2)
+            rows.append(common.export_row(f"VCP + {max(1, finetune)} epoch(s) retraining", small, data, **{
+                "channels": kept(report), "train s": seconds + round(time.perf_counter() - started),
+                "note": beta}))
+        else:
+            before, tuned = fine_tune(small)
+            row = common.export_row(label, small, data, **{
+                "channels": kept(report), "train s": seconds + tuned, "keras accuracy before fine-tuning": before,
+                "note": beta})
+            if method == "bc":
+                bits = [layer.bit_precision() for layer in model.layers if hasattr(layer, "bit_precision")]
+                row["note"] += "; bits per layer " + "-".join(str(b) for b in bits)
+            rows.append(row)
         keras.backend.clear_session(free_memory=False)
 
     common.add_latency(rows, runs=args.runs)
@@ -130,13 +159,16 @@ def main() -> None:
         row["MACs ratio"] = round(dense_row["MACs"] / max(row["MACs"], 1), 1)
         row["accuracy delta (pts)"] = round(100 * (row["int8 accuracy (LiteRT)"] - dense_row["int8 accuracy (LiteRT)"]), 2)
     columns = ["model", "channels", "params", "params ratio", "non-zero params", "non-zero ratio", "MACs", "MACs ratio",
-               "int8 accuracy (LiteRT)", "accuracy delta (pts)", "int8 size (bytes)", "p50 ms (1 thread)",
+               *(["keras accuracy before fine-tuning"] if finetune else []), "int8 accuracy (LiteRT)", "accuracy delta (pts)", "int8 size (bytes)", "p50 ms (1 thread)",
                "latency vs first", "train s", "note"]
     published_rows = [{"model": p["model"], "note": f"error {p['error %']}%, {p['params']:,} params, "
                        f"{p['FLOPs']:,} FLOPs (published MNIST figure, not ours)"} for p in PUBLISHED]
     notes = [
-        f"{args.pretrain_epochs} dense pre-training epochs, then {args.epochs} epochs per row; KL weight warmed up "
-        f"linearly to {args.kl_max} over {annealing['warmup_epochs']} epochs; Dirichlet trains only the switches "
+        f"{args.pretrain_epochs} dense pre-training epochs, then {args.epochs} epochs per row"
+        + (f" and {finetune} epochs of plain fine-tuning of the shrunk model (the dense row trains "
+           f"{args.epochs + finetune})" if finetune else "")
+        + f"; KL weight (beta, in each row's note) warmed up linearly over {max(1, args.epochs // 2)} epochs; "
+        "Dirichlet trains only the switches "
         "(Adam 1e-2, prior 0.5); VCP prunes after each epoch with tau=0.05, theta=0.2; slimming drops |gamma| <= 0.01.",
         "params = parameters stored by the shrunk model (its int8 file holds them all); non-zero params also "
         "leave out the zeros inside kernels (sparse VD's unstructured sparsity); MACs of the shrunk dense model.",
@@ -146,7 +178,8 @@ def main() -> None:
     ]
     harness.record("04_bayesian_lenet5_fashion_mnist", "Bayesian structured pruning: LeNet-5-Caffe on Fashion-MNIST",
                    columns, common.public(rows) + published_rows, notes,
-                   extra={"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "kl_max": args.kl_max})
+                   extra={"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "kl_max": args.kl_max,
+                          "method_kl": betas, "finetune_epochs": finetune})
     print(harness.table(columns, rows + published_rows))
     print("\n".join(notes))
 

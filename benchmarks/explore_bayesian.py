@@ -1,0 +1,95 @@
+"""Explore one Bayesian pruning setting on LeNet-5-Caffe / Fashion-MNIST (a tuning aid, issue 4).
+
+    python benchmarks/explore_bayesian.py vcp --kl-max 30 --epochs 6 --finetune-epochs 4
+
+Converts a dense model pre-trained for ``--pretrain-epochs`` (cached in ``benchmarks/out``),
+trains it ``--epochs`` with the KL weight warmed up linearly over the first half to
+``--kl-max``, prints the channels each Bayesian layer keeps after every epoch, then strips and
+shrinks it and fine-tunes the small model ``--finetune-epochs`` (Keras accuracy after each).
+It writes ``benchmarks/out/explore/<method>_<kl-max>.json`` and never touches RESULTS.md:
+the table of record is ``bench_bayesian.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method", choices=["vcp", "dirichlet", "sbp", "sparse_vd", "bc"])
+    parser.add_argument("--pretrain-epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--kl-max", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=None, help="default: 1e-2 for dirichlet, else 1e-3")
+    parser.add_argument("--tau", type=float, default=0.05, help="VCP")
+    parser.add_argument("--theta", type=float, default=0.2, help="VCP")
+    parser.add_argument("--layer-kwargs", default="{}", help="JSON passed to bayesian.convert")
+    args = parser.parse_args()
+
+    import keras
+
+    import tfcompress
+    from tfcompress import bayesian
+    from tfcompress.batchnorm import recalibrate_batchnorm
+    from tfcompress.callbacks import KLAnnealing, VariationalPruning
+    from tfcompress.metrics import summarize
+
+    out = Path(__file__).resolve().parent / "out" / "explore"
+    out.mkdir(parents=True, exist_ok=True)
+    data = common.load_data()
+    n = len(data.x_train)
+    dense = common.compile_model(common.lenet())
+    cache = out / f"lenet_dense_{args.pretrain_epochs}ep.weights.h5"
+    if cache.exists():
+        dense.load_weights(cache)
+    else:
+        dense.fit(data.x_train, data.y_train, batch_size=128, epochs=args.pretrain_epochs, verbose=2)
+        dense.save_weights(cache)
+    layer_kwargs = json.loads(args.layer_kwargs)
+    model = bayesian.convert(dense, args.method, dataset_size=n, **layer_kwargs)
+    callbacks: list = [KLAnnealing(warmup_epochs=max(1, args.epochs // 2), max_weight=args.kl_max)]
+    if args.method == "vcp":
+        callbacks.append(VariationalPruning(tau=args.tau, theta=args.theta))
+    history: list[dict] = []
+
+    class Kept(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            kept = {name: s["kept"] for name, s in bayesian.structure(self.model).items()}
+            history.append({"epoch": epoch + 1, "kept": kept, "loss": round(float(logs["loss"]), 4)})
+            print(history[-1], flush=True)
+
+    lr = args.lr if args.lr is not None else (1e-2 if args.method == "dirichlet" else 1e-3)
+    common.compile_model(model, lr)
+    started = time.perf_counter()
+    model.fit(data.x_train, data.y_train, batch_size=128, epochs=args.epochs, verbose=0,
+              callbacks=[*callbacks, Kept()])
+    seconds = round(time.perf_counter() - started)
+    if args.method == "vcp":
+        recalibrate_batchnorm(model, data.x_train[:1000])
+    small, report = tfcompress.shrink(bayesian.strip(model), return_report=True)
+    common.compile_model(small)
+    summary = summarize(small)
+    accuracies = [round(common.keras_accuracy(small, data), 4)]
+    for _ in range(args.finetune_epochs):
+        small.fit(data.x_train, data.y_train, batch_size=128, epochs=1, verbose=0)
+        accuracies.append(round(common.keras_accuracy(small, data), 4))
+    result = {"command": " ".join(sys.argv), "structure": report.structure(), "params": summary.params,
+              "MACs": summary.macs, "bayesian train s": seconds, "history": history,
+              "keras accuracy after 0..F fine-tuning epochs": accuracies,
+              "dense pre-trained accuracy": round(common.keras_accuracy(dense, data), 4)}
+    (out / f"{args.method}_{args.kl_max:g}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
