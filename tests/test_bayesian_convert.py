@@ -79,10 +79,13 @@ def test_structure_strip_shrink_export(trained, method, tmp_path):
         assert entry["kept"] <= count and entry["total"] == {"c1": 8, "c2": 12, "fc": 20}[name]
     plain = bayesian.strip(converted)
     assert not any(getattr(layer, "tfcompress_bayesian", False) for layer in plain.layers)
+    # Dirichlet froze the weights for training the switches; the stripped model fine-tunes
+    assert all(layer.trainable for layer in plain.layers)
     reference = converted.predict(x[:32], verbose=0)
     np.testing.assert_allclose(plain.predict(x[:32], verbose=0), reference, atol=1e-5)
     small, report = shrink(converted, return_report=True)  # shrink strips Bayesian layers itself
     np.testing.assert_allclose(small.predict(x[:32], verbose=0), reference, atol=1e-4)
+    assert all(layer.trainable for layer in small.layers) and len(small.trainable_weights) >= 8
     for name, count in kept.items():
         assert report.channels[name][1] <= count
     assert report.macs_after < report.macs_before / 2

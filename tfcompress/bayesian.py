@@ -24,6 +24,13 @@ Methods (the layers cite their papers and equations):
 
 The KL terms are scaled by 1 / ``dataset_size`` (the number of training examples), so ``fit``
 minimizes the negative ELBO per example; pass ``len(x_train)``.
+
+Tuning: the papers train for hundreds of epochs. Fine-tuning a trained model for a few epochs
+with the plain ELBO (beta = 1) moves the variational parameters too little to prune (Adam moves
+each by about the learning rate per step); a beta-ELBO (``KLAnnealing(max_weight=beta)``) trades
+accuracy for channels, and how many go depends steeply on beta and the epochs. Measure it on
+your model with ``benchmarks/explore_bayesian.py`` (kept channels after every epoch, then
+accuracy through fine-tuning of the shrunk model) before a long run.
 """
 
 from __future__ import annotations
@@ -240,10 +247,15 @@ def strip(model, *, slimming_threshold: float | None = None) -> keras.Model:
     activations commute with them); sparse VD / BC layers -> Dense / Conv2D with their
     posterior-mean weights. Every dropped channel ends with an all-zero kernel slice and bias
     (and zero BN gamma / beta), so `tfcompress.shrink` removes it.
+
+    A Dirichlet model's weights were frozen for step 2 of the paper's algorithm (only the
+    switches train); its stripped model is trainable again, ready for step 3 (fine-tuning the
+    pruned network).
     """
     from tfcompress.surgery import _graph
 
     nodes, inputs, outputs, tensors = _graph(model)
+    unfreeze = any(isinstance(node.layer, DirichletSwitch) for node in nodes)
     new_tensors: dict[int, Any] = {}
     new_inputs = []
     for tid in inputs:
@@ -309,6 +321,8 @@ def strip(model, *, slimming_threshold: float | None = None) -> keras.Model:
             if isinstance(new, keras.layers.BatchNormalization) and new.gamma_regularizer is not None:
                 new.gamma_regularizer = None
             weights = layer.get_weights()
+        if unfreeze:
+            new.trainable = True
         out = new(x)
         if new.weights:
             if layer.name in factors and _is_producer(layer):
