@@ -53,8 +53,7 @@ def main() -> None:
 
     import tfcompress
     from tfcompress import bayesian
-    from tfcompress.batchnorm import recalibrate_batchnorm
-    from tfcompress.callbacks import KLAnnealing, UpdatePruning, VariationalPruning
+    from tfcompress.callbacks import UpdatePruning
     from tfcompress.schedules import PolynomialDecay
 
     data = common.load_data(args.limit)
@@ -106,30 +105,13 @@ def main() -> None:
         "channels": kept(report), "train s": seconds + tuned, "keras accuracy before fine-tuning": before}))
 
     for method in args.methods.split(","):
-        annealing = {"warmup_epochs": max(1, args.epochs // 2), "max_weight": betas.get(method, args.kl_max)}
-        extra = {}
-        if method == "dirichlet":
-            extra = {"prior_concentration": 0.5, "estimator": "reparameterized"}
-        model = bayesian.convert(fresh(), method, dataset_size=n, **extra)
-        callbacks = [KLAnnealing(**annealing)] if method != "slimming" else []
-        if method == "vcp":
-            callbacks.append(VariationalPruning(tau=0.05, theta=0.2))
-        lr = 1e-2 if method == "dirichlet" else 1e-3  # only the switches train for Dirichlet
-        common.compile_model(model, lr)
-        started = time.perf_counter()
-        model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2,
-                  callbacks=callbacks)
-        seconds = round(time.perf_counter() - started)
-        if method in ("vcp", "slimming"):
-            # the BN layers inserted into LeNet start with identity statistics: set them to the data's
-            recalibrate_batchnorm(model, data.x_train[:1000])
-        threshold = 1e-2 if method == "slimming" else None
-        plain = bayesian.strip(model, slimming_threshold=threshold)
-        small, report = tfcompress.shrink(plain, return_report=True)
-        common.compile_model(small)
+        beta_value = betas.get(method, args.kl_max)
+        run = common.train_bayesian(fresh(), method, data, epochs=args.epochs, beta=beta_value,
+                                    batch_size=args.batch_size)
+        model, small, report, seconds = run.model, run.small, run.report, run.seconds
         label = {"vcp": "VCP", "dirichlet": "Dirichlet", "sbp": "SBP", "sparse_vd": "sparse VD",
                  "bc": "BC-GNJ", "slimming": "network slimming"}[method]
-        beta = "L1 on BN gamma" if method == "slimming" else f"beta {annealing['max_weight']:g}"
+        beta = "L1 on BN gamma" if method == "slimming" else f"beta {beta_value:g}"
         if method == "vcp":
             rows.append(common.export_row("VCP (no retraining)", small, data, **{
                 "channels": kept(report), "train s": seconds, "note": beta}))

@@ -89,6 +89,49 @@ def keras_accuracy(model, data: Data) -> float:
 
 _OUT = Path(tempfile.mkdtemp(prefix="tfcompress_bench_"))
 
+# Dirichlet's switch settings in every Bayesian run (the layer defaults are prior 0.1)
+BAYESIAN_LAYER_DEFAULTS = {"dirichlet": {"prior_concentration": 0.5, "estimator": "reparameterized"}}
+
+
+@dataclass
+class BayesianRun:
+    model: object  # the trained Bayesian model
+    small: object  # bayesian.strip + shrink of it, compiled
+    report: object  # shrink's report
+    seconds: int  # training time of the Bayesian model
+
+
+def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float, batch_size: int = 128,
+                   lr: float | None = None, tau: float = 0.05, theta: float = 0.2, callbacks=(), verbose: int = 2,
+                   layer_kwargs: dict | None = None) -> BayesianRun:
+    """The Bayesian-pruning protocol both bench_bayesian.py and explore_bayesian.py run.
+
+    ``bayesian.convert`` of ``trained``; ``epochs`` of training (Adam ``lr``: 1e-2 for Dirichlet,
+    whose switches alone train, else 1e-3), the KL weight warmed up linearly over the first half
+    to ``beta`` (none for slimming), VCP pruning after each epoch (``tau``, ``theta``); BN layers
+    that convert inserted are recalibrated on 1,000 training images; then strip and shrink.
+    """
+    from tfcompress import bayesian, shrink
+    from tfcompress.batchnorm import recalibrate_batchnorm
+    from tfcompress.callbacks import KLAnnealing, VariationalPruning
+
+    kwargs = {**BAYESIAN_LAYER_DEFAULTS.get(method, {}), **(layer_kwargs or {})}
+    model = bayesian.convert(trained, method, dataset_size=len(data.x_train), **kwargs)
+    schedule = [] if method == "slimming" else [KLAnnealing(warmup_epochs=max(1, epochs // 2), max_weight=beta)]
+    if method == "vcp":
+        schedule.append(VariationalPruning(tau=tau, theta=theta))
+    compile_model(model, lr if lr is not None else (1e-2 if method == "dirichlet" else 1e-3))
+    started = time.perf_counter()
+    model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
+              callbacks=[*schedule, *callbacks])
+    seconds = round(time.perf_counter() - started)
+    if method in ("vcp", "slimming"):
+        # the BN layers inserted into LeNet start with identity statistics: set them to the data's
+        recalibrate_batchnorm(model, data.x_train[:1000])
+    plain = bayesian.strip(model, slimming_threshold=1e-2 if method == "slimming" else None)
+    small, report = shrink(plain, return_report=True)
+    return BayesianRun(model, compile_model(small), report, seconds)
+
 
 def export_row(name: str, model, data: Data, **extra) -> dict:
     """Export ``model`` to full int8, measure it on LiteRT, count its parameters and MACs."""

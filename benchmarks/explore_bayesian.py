@@ -5,7 +5,8 @@
 Converts a dense model pre-trained for ``--pretrain-epochs`` (cached in ``benchmarks/out``),
 trains it ``--epochs`` with the KL weight warmed up linearly over the first half to
 ``--kl-max``, prints the channels each Bayesian layer keeps after every epoch, then strips and
-shrinks it and fine-tunes the small model ``--finetune-epochs`` (Keras accuracy after each).
+shrinks it and fine-tunes the small model ``--finetune-epochs`` (Keras accuracy after each). The protocol is ``common.train_bayesian``, the one
+``bench_bayesian.py`` runs (Dirichlet: prior 0.5, Adam 1e-2 on the switches alone).
 It writes ``benchmarks/out/explore/<method>_<kl-max>.json`` and never touches RESULTS.md:
 the table of record is ``bench_bayesian.py``.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,16 +38,12 @@ def main() -> None:
 
     import keras
 
-    import tfcompress
     from tfcompress import bayesian
-    from tfcompress.batchnorm import recalibrate_batchnorm
-    from tfcompress.callbacks import KLAnnealing, VariationalPruning
     from tfcompress.metrics import summarize
 
     out = Path(__file__).resolve().parent / "out" / "explore"
     out.mkdir(parents=True, exist_ok=True)
     data = common.load_data()
-    n = len(data.x_train)
     dense = common.compile_model(common.lenet())
     cache = out / f"lenet_dense_{args.pretrain_epochs}ep.weights.h5"
     if cache.exists():
@@ -55,11 +51,6 @@ def main() -> None:
     else:
         dense.fit(data.x_train, data.y_train, batch_size=128, epochs=args.pretrain_epochs, verbose=2)
         dense.save_weights(cache)
-    layer_kwargs = json.loads(args.layer_kwargs)
-    model = bayesian.convert(dense, args.method, dataset_size=n, **layer_kwargs)
-    callbacks: list = [KLAnnealing(warmup_epochs=max(1, args.epochs // 2), max_weight=args.kl_max)]
-    if args.method == "vcp":
-        callbacks.append(VariationalPruning(tau=args.tau, theta=args.theta))
     history: list[dict] = []
 
     class Kept(keras.callbacks.Callback):
@@ -68,16 +59,10 @@ def main() -> None:
             history.append({"epoch": epoch + 1, "kept": kept, "loss": round(float(logs["loss"]), 4)})
             print(history[-1], flush=True)
 
-    lr = args.lr if args.lr is not None else (1e-2 if args.method == "dirichlet" else 1e-3)
-    common.compile_model(model, lr)
-    started = time.perf_counter()
-    model.fit(data.x_train, data.y_train, batch_size=128, epochs=args.epochs, verbose=0,
-              callbacks=[*callbacks, Kept()])
-    seconds = round(time.perf_counter() - started)
-    if args.method == "vcp":
-        recalibrate_batchnorm(model, data.x_train[:1000])
-    small, report = tfcompress.shrink(bayesian.strip(model), return_report=True)
-    common.compile_model(small)
+    run = common.train_bayesian(dense, args.method, data, epochs=args.epochs, beta=args.kl_max, lr=args.lr,
+                                tau=args.tau, theta=args.theta, callbacks=[Kept()], verbose=0,
+                                layer_kwargs=json.loads(args.layer_kwargs))
+    small, report, seconds = run.small, run.report, run.seconds
     summary = summarize(small)
     accuracies = [round(common.keras_accuracy(small, data), 4)]
     for _ in range(args.finetune_epochs):

@@ -68,7 +68,7 @@ def export_mode(model: keras.Model | None = None) -> Iterator[None]:
     """While tracing for the converter: weights stay float (the converter quantizes them)."""
     frozen = []
     if model is not None:
-        for layer in _all_layers(model):
+        for layer in model._flatten_layers(include_self=False, recursive=True):
             if isinstance(layer, QuantizedLayer) and layer.sparsity_mask is not None:
                 _EXPORT_KERNELS[id(layer)] = keras.ops.convert_to_numpy(layer.folded_kernel_and_bias()[0])
                 frozen.append(id(layer))
@@ -79,15 +79,6 @@ def export_mode(model: keras.Model | None = None) -> Iterator[None]:
         _EXPORTING.pop()
         for key in frozen:
             _EXPORT_KERNELS.pop(key, None)
-
-
-def _all_layers(model) -> list:
-    found = []
-    for layer in getattr(model, "layers", []):
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(_all_layers(layer))
-    return found
 
 
 def exporting() -> bool:
