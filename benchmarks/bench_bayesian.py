@@ -9,7 +9,8 @@ beta of a beta-ELBO: 1 is the plain ELBO), then ``bayesian.strip`` + ``shrink`` 
 ordinary model that is exported to full int8 and measured on LiteRT. ``--method-kl vcp=30``
 sets one method's beta; ``--finetune-epochs F`` trains each shrunk model F more epochs (plain
 Keras fit, the dense row trains F more too), and the table then shows the accuracy before
-fine-tuning beside it; VCP is always reported both without retraining and after it. The magnitude row prunes 70% of channels with the issue-3 flow
+fine-tuning beside it (``--distill T``: fine-tuning by distillation from the dense row; ``--cosine``:
+a cosine-decayed learning rate); VCP is always reported both without retraining and after it. The magnitude row prunes 70% of channels with the issue-3 flow
 (prune / UpdatePruning / strip / shrink) over the same epochs. Latencies: one interleaved
 LiteRT run, 1 thread, ratio to dense.
 """
@@ -42,6 +43,12 @@ def main() -> None:
                         help="per-method beta overriding --kl-max, e.g. 'vcp=30,sbp=100'")
     parser.add_argument("--finetune-epochs", type=int, default=0,
                         help="epochs of plain training of each shrunk model (the dense row trains as many more)")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="T",
+                        help="fine-tune the shrunk models by distillation from the dense row at temperature T "
+                             "(tfcompress.distillation.Distiller, alpha 0.1); 0: on the labels only")
+    parser.add_argument("--cosine", action="store_true",
+                        help="fine-tuning epochs (and the dense row's last as many) decay the learning rate "
+                             "along a cosine to 0")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--limit", type=int, default=None)
@@ -65,13 +72,16 @@ def main() -> None:
         parser.error(f"--method-kl: unknown method(s) {sorted(unknown)}; use {bayesian.METHODS}")
     finetune = args.finetune_epochs
 
-    def fine_tune(model) -> tuple[float | None, int]:
+    teacher = None  # the dense row's model, once trained, when --distill
+
+    def fine_tune(model, epochs: int = finetune) -> tuple[float | None, int]:
         """Keras accuracy before fine-tuning and the seconds the fine-tuning took."""
-        if not finetune:
+        if not epochs:
             return None, 0
         before = round(common.keras_accuracy(model, data), 4)
         started = time.perf_counter()
-        model.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=finetune, verbose=2)
+        common.fine_tune(model, data, epochs, teacher=teacher, temperature=args.distill, cosine=args.cosine,
+                         batch_size=args.batch_size)
         return before, round(time.perf_counter() - started)
     dense = common.compile_model(common.lenet())
     dense.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.pretrain_epochs, verbose=2)
@@ -88,10 +98,14 @@ def main() -> None:
     rows: list[dict] = []
     baseline = common.compile_model(fresh())
     started = time.perf_counter()
-    baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs + finetune, verbose=2)
+    baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2)
+    # the dense row's last `finetune` epochs follow the fine-tuning schedule, without a teacher
+    common.fine_tune(baseline, data, finetune, cosine=args.cosine, batch_size=args.batch_size)
     _, base_report = tfcompress.shrink(baseline, return_report=True)
     rows.append(common.export_row("dense", baseline, data, **{
         "channels": kept(base_report), "train s": round(time.perf_counter() - started)}))
+    if args.distill:
+        teacher = baseline
 
     schedule = PolynomialDecay(0.0, 0.7, begin_step=0, end_step=int(0.6 * steps), frequency=100)
     pruned = common.compile_model(tfcompress.prune(fresh(), schedule=schedule, granularity="channel"))
@@ -115,11 +129,9 @@ def main() -> None:
         if method == "vcp":
             rows.append(common.export_row("VCP (no retraining)", small, data, **{
                 "channels": kept(report), "train s": seconds, "note": beta}))
-            started = time.perf_counter()
-            small.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=max(1, finetune), verbose=2)
+            _, tuned = fine_tune(small, max(1, finetune))
             rows.append(common.export_row(f"VCP + {max(1, finetune)} epoch(s) retraining", small, data, **{
-                "channels": kept(report), "train s": seconds + round(time.perf_counter() - started),
-                "note": beta}))
+                "channels": kept(report), "train s": seconds + tuned, "note": beta}))
         else:
             before, tuned = fine_tune(small)
             row = common.export_row(label, small, data, **{
@@ -147,8 +159,12 @@ def main() -> None:
                        f"{p['FLOPs']:,} FLOPs (published MNIST figure, not ours)"} for p in PUBLISHED]
     notes = [
         f"{args.pretrain_epochs} dense pre-training epochs, then {args.epochs} epochs per row"
-        + (f" and {finetune} epochs of plain fine-tuning of the shrunk model (the dense row trains "
-           f"{args.epochs + finetune})" if finetune else "")
+        + (f" and {finetune} epochs of fine-tuning of the shrunk model"
+           + (f" by distillation from the dense row (temperature {args.distill:g}, alpha 0.1)" if args.distill
+              else " on the labels")
+           + (", Adam 1e-3 decayed to 0 along a cosine" if args.cosine else ", Adam 1e-3")
+           + f" (the dense row trains {args.epochs} + {finetune}, its last {finetune} with the same schedule"
+           + (" and no teacher)" if args.distill else ")") if finetune else "")
         + f"; KL weight (beta, in each row's note) warmed up linearly over {max(1, args.epochs // 2)} epochs; "
         "Dirichlet trains only the switches "
         "(Adam 1e-2, prior 0.5); VCP prunes after each epoch with tau=0.05, theta=0.2; slimming drops |gamma| <= 0.01.",

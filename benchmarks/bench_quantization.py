@@ -7,7 +7,10 @@ Rows that keep the architecture start from it and train ``--epochs`` more: float
 as float32 and as post-training int8: the PTQ baseline), QAT, weight clustering (16 centroids).
 Pruned 90% + PQAT prunes for ``--epochs`` (PolynomialDecay over 60% of the steps) and then
 runs sparsity-preserving QAT for ``--epochs``. Binary, ternary and hashed models have other
-layers, so they train from scratch for ``--pretrain-epochs + --epochs`` (the same budget).
+layers, so they train from scratch for ``--pretrain-epochs + --epochs`` (the same budget); the
+hashed rows are also trained, with the same budget, by knowledge distillation from the float row
+(``tfcompress.distillation.Distiller``, temperature ``--distill``, alpha 0.1): HashedNets'
+"HashNet_DK" (Chen et al. 2015, sec. 6).
 Accuracy is measured in Keras and on LiteRT (int8 file); latencies are one interleaved LiteRT
 run at 1 thread. "packed / DC size": bit-packed weights (binary, ternary), float32 real
 parameters (hashed), Deep Compression estimate (pruned and clustered rows). "bits per weight":
@@ -35,14 +38,16 @@ import common  # noqa: E402
 import harness  # noqa: E402
 import numpy as np  # noqa: E402
 
+HASHED_LAYERS = {"all": ("conv1", "conv2", "fc1", "fc2"), "fc1": ("fc1",)}
 
-def lenet_variant(kind: str, seed: int = 0, compression: float | None = None, plain_ends: bool = False):
+
+def lenet_variant(kind: str, seed: int = 0, compression: float | None = None, hashed: str = "all"):
     """LeNet-5-Caffe with binary, ternary or hashed layers.
 
-    ``plain_ends`` (hashed only): conv1 (500 weights) and the logits layer (5,000) stay ordinary,
-    and conv2 and fc1 are hashed harder so that the whole network still stores ``compression``
-    of its virtual weights (HashedNets hash fully connected layers; a 500-weight first
-    convolution hashed 8x keeps 63 weights for 20 filters).
+    ``hashed="fc1"`` (hashed only): only the 400,000-weight fully connected layer fc1 is hashed,
+    harder, so that the whole network still stores ``compression`` of its virtual weights; the
+    convolutions and the logits layer stay ordinary. HashedNets (Chen et al. 2015) hash fully
+    connected layers; a 500-weight first convolution hashed 8x keeps 63 weights for 20 filters.
     """
     import keras
 
@@ -56,28 +61,39 @@ def lenet_variant(kind: str, seed: int = 0, compression: float | None = None, pl
     )
 
     keras.utils.set_random_seed(seed)
+    names = ("conv1", "conv2", "fc1", "fc2")
     if kind == "binary":
-        conv, dense, extra = BinaryConv2D, BinaryDense, {}
+        layer_kinds = dict.fromkeys(names, (BinaryConv2D, BinaryDense, {}))
     elif kind == "ternary":
-        conv, dense, extra = TernaryConv2D, TernaryDense, {}
+        layer_kinds = dict.fromkeys(names, (TernaryConv2D, TernaryDense, {}))
     else:
-        conv, dense, extra = HashedConv2D, HashedDense, {"compression": compression}
-    first_conv, last_dense, end_extra = conv, dense, extra
-    if plain_ends:
+        chosen = HASHED_LAYERS[hashed]
         kernels = {"conv1": 5 * 5 * 20, "conv2": 5 * 5 * 20 * 50, "fc1": 800 * 500, "fc2": 500 * 10}
-        budget = compression * sum(kernels.values()) - kernels["conv1"] - kernels["fc2"]
-        # ceil() in the layers adds at most one weight per hashed layer: stay at or under the budget
-        extra = {"compression": (budget - 2) / (kernels["conv2"] + kernels["fc1"])}
-        first_conv, last_dense, end_extra = keras.layers.Conv2D, keras.layers.Dense, {}
+        if len(chosen) == len(names):
+            share = compression
+        else:
+            budget = compression * sum(kernels.values()) - sum(v for k, v in kernels.items() if k not in chosen)
+            # ceil() in the layers adds at most one weight per hashed layer: stay at or under the budget
+            share = (budget - len(chosen)) / sum(kernels[k] for k in chosen)
+        plain = (keras.layers.Conv2D, keras.layers.Dense, {})
+        layer_kinds = {k: (HashedConv2D, HashedDense, {"compression": share}) if k in chosen else plain
+                       for k in names}
+
+    def make(name: str, filters_or_units: int, **kwargs):
+        conv, dense, extra = layer_kinds[name]
+        layer = conv if name.startswith("conv") else dense
+        args = (filters_or_units, 5) if name.startswith("conv") else (filters_or_units,)
+        return layer(*args, name=name, **kwargs, **extra)
+
     return keras.Sequential([
         keras.Input((28, 28, 1)),
-        first_conv(20, 5, activation="relu", name="conv1", **end_extra),
+        make("conv1", 20, activation="relu"),
         keras.layers.MaxPooling2D(2, name="pool1"),
-        conv(50, 5, activation="relu", name="conv2", **extra),
+        make("conv2", 50, activation="relu"),
         keras.layers.MaxPooling2D(2, name="pool2"),
         keras.layers.Flatten(name="flatten"),
-        dense(500, activation="relu", name="fc1", **extra),
-        last_dense(10, name="fc2", **end_extra),
+        make("fc1", 500, activation="relu"),
+        make("fc2", 10),
     ], name=f"lenet5_caffe_{kind}")
 
 
@@ -88,6 +104,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images (smoke runs)")
+    parser.add_argument("--distill", type=float, default=4.0, metavar="T",
+                        help="temperature of the hashed rows trained by distillation from the float row "
+                             "(HashNet_DK); 0 leaves those rows out")
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--larq-dir", default=None,
                         help="a folder holding larq installed with pip's --no-deps --target (larq pins numpy<2)")
@@ -96,6 +115,7 @@ def main() -> None:
     import tfcompress
     from tfcompress.callbacks import UpdatePruning
     from tfcompress.clustering import deep_compression_size
+    from tfcompress.distillation import Distiller
     from tfcompress.export import evaluate, to_tflite
     from tfcompress.export.tflite_file import load_tflite
     from tfcompress.layers.hashed import hashed_report
@@ -157,10 +177,18 @@ def main() -> None:
             "s/epoch": round(seconds, 2), "packed / DC size (bytes)": bits.packed_bytes,
             "bits per weight": round(bits.bits_per_weight, 3)}))
 
-    for compression, label, plain_ends in ((1 / 8, "1/8", False), (1 / 8, "1/8, conv1 and fc2 unhashed", True),
-                                           (1 / 64, "1/64", False)):
-        model = lenet_variant("hashed", compression=compression, plain_ends=plain_ends)
-        seconds = fit(model, args.pretrain_epochs + args.epochs)
+    hashed_variants = [(1 / 8, "1/8", "all"), (1 / 8, "1/8, fc1 only", "fc1"), (1 / 64, "1/64", "all")]
+    hashed_variants = [(*v, False) for v in hashed_variants] + [(*v, True) for v in hashed_variants if args.distill]
+    for compression, label, hashed, distilled in hashed_variants:
+        model = lenet_variant("hashed", compression=compression, hashed=hashed)
+        if distilled:
+            # HashNet_DK (Chen et al. 2015, sec. 6): the same training on the float model's soft targets
+            distiller = Distiller(model, float_model, temperature=args.distill, alpha=0.1)
+            seconds = fit(distiller, args.pretrain_epochs + args.epochs)
+            common.compile_model(model)  # the student alone, for its Keras accuracy
+            label += f" + distillation (HashNet_DK, T={args.distill:g})"
+        else:
+            seconds = fit(model, args.pretrain_epochs + args.epochs)
         report = hashed_report(model)
         rows.append(common.export_row(f"hashed {label}", model, data, **{
             "s/epoch": round(seconds, 2), "packed / DC size (bytes)": report.float32_bytes,
@@ -200,7 +228,12 @@ def main() -> None:
     float_acc = by["float32"]["keras accuracy"]
     notes = [
         f"{args.pretrain_epochs} float pre-training epochs, then {args.epochs} per row (Adam 1e-3, batch "
-        f"{args.batch_size}); binary / ternary / hashed train {args.pretrain_epochs + args.epochs} epochs from scratch.",
+        f"{args.batch_size}); binary / ternary / hashed train {args.pretrain_epochs + args.epochs} epochs from scratch"
+        + (f"; the '+ distillation' hashed rows train those epochs on the float32 row's soft targets (temperature "
+           f"{args.distill:g}, alpha 0.1: 0.1 x label loss + 0.9 x T^2 x KL)." if args.distill else "."),
+        "Hashed '1/8, fc1 only': HashedNets hash fully connected layers (Chen et al. 2015); only the 400,000-weight "
+        "fc1 is hashed, harder, and conv1, conv2 and fc2 stay ordinary, so the network stores the same 1/8 of its "
+        "431,080 weights as the uniformly hashed row (real parameters in the note).",
         "Points vs float Keras accuracy (LiteRT int8): " + ", ".join(
             f"{r['model']} {100 * (r['int8 accuracy (LiteRT)'] - float_acc):+.2f}" for r in rows[1:]
             if r.get("int8 accuracy (LiteRT)") is not None) + ".",

@@ -133,6 +133,28 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
     return BayesianRun(model, compile_model(small), report, seconds)
 
 
+def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: float = 4.0, alpha: float = 0.1,
+              batch_size: int = 128, lr: float = 1e-3, cosine: bool = False, callbacks=(), verbose: int = 2) -> None:
+    """Train ``model`` ``epochs`` more (Adam ``lr``, decayed to 0 along a cosine with ``cosine``),
+    on the labels, or with a ``teacher`` by knowledge distillation from it
+    (``tfcompress.distillation.Distiller``, Hinton et al. 2015). ``model`` ends compiled (constant lr)."""
+    import keras
+
+    if not epochs:
+        return
+    steps = int(np.ceil(len(data.x_train) / batch_size)) * epochs
+    rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps) if cosine else lr
+    trainer = model
+    if teacher is not None:
+        from tfcompress.distillation import Distiller
+
+        trainer = Distiller(model, teacher, temperature=temperature, alpha=alpha)
+    compile_model(trainer, rate)
+    trainer.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                callbacks=list(callbacks))
+    compile_model(model, lr)
+
+
 def export_row(name: str, model, data: Data, **extra) -> dict:
     """Export ``model`` to full int8, measure it on LiteRT, count its parameters and MACs."""
     from tfcompress.export import evaluate, to_tflite

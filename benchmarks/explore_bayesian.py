@@ -5,7 +5,8 @@
 Converts a dense model pre-trained for ``--pretrain-epochs`` (cached in ``benchmarks/out``),
 trains it ``--epochs`` with the KL weight warmed up linearly over the first half to
 ``--kl-max``, prints the channels each Bayesian layer keeps after every epoch, then strips and
-shrinks it and fine-tunes the small model ``--finetune-epochs`` (Keras accuracy after each). The protocol is ``common.train_bayesian``, the one
+shrinks it and fine-tunes the small model ``--finetune-epochs`` (Keras accuracy after each;
+``--distill T``: by distillation from the dense model at temperature T). The protocol is ``common.train_bayesian``, the one
 ``bench_bayesian.py`` runs (Dirichlet: prior 0.5, Adam 1e-2 on the switches alone).
 It writes ``benchmarks/out/explore/<method>_<kl-max>.json`` and never touches RESULTS.md:
 the table of record is ``bench_bayesian.py``.
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: 1e-2 for dirichlet, else 1e-3")
     parser.add_argument("--tau", type=float, default=0.05, help="VCP")
     parser.add_argument("--theta", type=float, default=0.2, help="VCP")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="T",
+                        help="fine-tune by distillation from the dense model at temperature T (0: labels only)")
+    parser.add_argument("--cosine", action="store_true", help="fine-tune with a cosine-decayed learning rate")
     parser.add_argument("--layer-kwargs", default="{}", help="JSON passed to bayesian.convert")
     args = parser.parse_args()
 
@@ -65,14 +69,20 @@ def main() -> None:
     small, report, seconds = run.small, run.report, run.seconds
     summary = summarize(small)
     accuracies = [round(common.keras_accuracy(small, data), 4)]
-    for _ in range(args.finetune_epochs):
-        small.fit(data.x_train, data.y_train, batch_size=128, epochs=1, verbose=0)
-        accuracies.append(round(common.keras_accuracy(small, data), 4))
+
+    class Accuracy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            accuracies.append(round(common.keras_accuracy(small, data), 4))
+            print(f"fine-tuning epoch {epoch + 1}: {accuracies[-1]}", flush=True)
+
+    common.fine_tune(small, data, args.finetune_epochs, teacher=dense if args.distill else None,
+                     temperature=args.distill or 4.0, cosine=args.cosine, callbacks=[Accuracy()], verbose=0)
     result = {"command": " ".join(sys.argv), "structure": report.structure(), "params": summary.params,
               "MACs": summary.macs, "bayesian train s": seconds, "history": history,
               "keras accuracy after 0..F fine-tuning epochs": accuracies,
               "dense pre-trained accuracy": round(common.keras_accuracy(dense, data), 4)}
-    (out / f"{args.method}_{args.kl_max:g}.json").write_text(json.dumps(result, indent=1))
+    suffix = (f"_distill{args.distill:g}" if args.distill else "") + ("_cosine" if args.cosine else "")
+    (out / f"{args.method}_{args.kl_max:g}{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 
 

@@ -18,7 +18,7 @@ import sys
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "bayesian", "callbacks", "clustering", "criteria", "datasets", "errors", "export", "layers", "metrics",
+    "bayesian", "callbacks", "clustering", "criteria", "datasets", "distillation", "errors", "export", "layers", "metrics",
     "models", "packing", "pipelines", "pruning", "qat", "quantizers", "regularizers", "schedules", "surgery",
 )
 _FUNCTIONS = {
@@ -34,7 +34,7 @@ _FUNCTIONS = {
 }
 # Modules whose import registers Keras-serializable classes.
 _REGISTERING = ("layers", "callbacks", "schedules", "criteria", "regularizers", "quantizers", "bayesian",
-                "clustering", "qat")
+                "clustering", "qat", "distillation")
 
 __all__ = ["__version__", *sorted(_SUBMODULES), *sorted(_FUNCTIONS)]
 
