@@ -10,7 +10,9 @@ ordinary model that is exported to full int8 and measured on LiteRT. ``--method-
 sets one method's beta; ``--finetune-epochs F`` trains each shrunk model F more epochs (plain
 Keras fit, the dense row trains F more too), and the table then shows the accuracy before
 fine-tuning beside it (``--distill T``: fine-tuning by distillation from the dense row; ``--cosine``:
-a cosine-decayed learning rate); VCP is always reported both without retraining and after it. The magnitude row prunes 70% of channels with the issue-3 flow
+a cosine-decayed learning rate); VCP is always reported both without retraining and after it.
+``--dirichlet-keep conv1=5,conv2=15,fc1=45`` cuts the Dirichlet model to that sub-architecture by
+posterior mean (``bayesian.prune_to``, step 3 of the paper's algorithm) instead of its threshold. The magnitude row prunes 70% of channels with the issue-3 flow
 (prune / UpdatePruning / strip / shrink) over the same epochs. Latencies: one interleaved
 LiteRT run, 1 thread, ratio to dense.
 """
@@ -49,6 +51,9 @@ def main() -> None:
     parser.add_argument("--cosine", action="store_true",
                         help="fine-tuning epochs (and the dense row's last as many) decay the learning rate "
                              "along a cosine to 0")
+    parser.add_argument("--dirichlet-keep", default="",
+                        help="cut the Dirichlet model to this sub-architecture by posterior mean (step 3 of the "
+                             "paper's algorithm), e.g. 'conv1=5,conv2=15,fc1=45'; default: its importance threshold")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--limit", type=int, default=None)
@@ -71,6 +76,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--method-kl: unknown method(s) {sorted(unknown)}; use {bayesian.METHODS}")
     finetune = args.finetune_epochs
+    dirichlet_keep = {k: int(v) for k, v in (item.split("=") for item in args.dirichlet_keep.split(",") if item)}
 
     teacher = None  # the dense row's model, once trained, when --distill
 
@@ -120,12 +126,15 @@ def main() -> None:
 
     for method in args.methods.split(","):
         beta_value = betas.get(method, args.kl_max)
+        keep = dirichlet_keep if method == "dirichlet" else None
         run = common.train_bayesian(fresh(), method, data, epochs=args.epochs, beta=beta_value,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.batch_size, keep=keep)
         model, small, report, seconds = run.model, run.small, run.report, run.seconds
         label = {"vcp": "VCP", "dirichlet": "Dirichlet", "sbp": "SBP", "sparse_vd": "sparse VD",
                  "bc": "BC-GNJ", "slimming": "network slimming"}[method]
         beta = "L1 on BN gamma" if method == "slimming" else f"beta {beta_value:g}"
+        if keep:
+            beta += "; cut to " + "-".join(str(v) for v in keep.values()) + " by posterior mean (prune_to)"
         if method == "vcp":
             rows.append(common.export_row("VCP (no retraining)", small, data, **{
                 "channels": kept(report), "train s": seconds, "note": beta}))
@@ -168,6 +177,11 @@ def main() -> None:
         + f"; KL weight (beta, in each row's note) warmed up linearly over {max(1, args.epochs // 2)} epochs; "
         "Dirichlet trains only the switches "
         "(Adam 1e-2, prior 0.5); VCP prunes after each epoch with tau=0.05, theta=0.2; slimming drops |gamma| <= 0.01.",
+        *([f"Dirichlet row: the switches train with the network frozen (the paper's step 2), then the model is cut "
+           f"to the sub-architecture {'-'.join(str(v) for v in dirichlet_keep.values())} "
+           f"({', '.join(f'{k} {v}' for k, v in dirichlet_keep.items())}) by posterior mean with "
+           "bayesian.prune_to (step 3; the paper prunes LeNet-5 to chosen sub-architectures) and fine-tuned (step 4)."]
+          if dirichlet_keep else []),
         "params = parameters stored by the shrunk model (its int8 file holds them all); non-zero params also "
         "leave out the zeros inside kernels (sparse VD's unstructured sparsity); MACs of the shrunk dense model.",
         "VCP and slimming rows: LeNet-5-Caffe has no BatchNormalization, so convert inserts it; those layers' "
@@ -177,7 +191,8 @@ def main() -> None:
     harness.record("04_bayesian_lenet5_fashion_mnist", "Bayesian structured pruning: LeNet-5-Caffe on Fashion-MNIST",
                    columns, common.public(rows) + published_rows, notes,
                    extra={"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "kl_max": args.kl_max,
-                          "method_kl": betas, "finetune_epochs": finetune})
+                          "method_kl": betas, "finetune_epochs": finetune, "distill_temperature": args.distill,
+                          "cosine": args.cosine, "dirichlet_keep": dirichlet_keep})
     print(harness.table(columns, rows + published_rows))
     print("\n".join(notes))
 

@@ -10,7 +10,7 @@ runs sparsity-preserving QAT for ``--epochs``. Binary, ternary and hashed models
 layers, so they train from scratch for ``--pretrain-epochs + --epochs`` (the same budget); the
 hashed rows are also trained, with the same budget, by knowledge distillation from the float row
 (``tfcompress.distillation.Distiller``, temperature ``--distill``, alpha 0.1): HashedNets'
-"HashNet_DK" (Chen et al. 2015, sec. 6).
+"HashNet_DK" (Chen et al. 2015, experiments).
 Accuracy is measured in Keras and on LiteRT (int8 file); latencies are one interleaved LiteRT
 run at 1 thread. "packed / DC size": bit-packed weights (binary, ternary), float32 real
 parameters (hashed), Deep Compression estimate (pruned and clustered rows). "bits per weight":
@@ -182,7 +182,7 @@ def main() -> None:
     for compression, label, hashed, distilled in hashed_variants:
         model = lenet_variant("hashed", compression=compression, hashed=hashed)
         if distilled:
-            # HashNet_DK (Chen et al. 2015, sec. 6): the same training on the float model's soft targets
+            # HashNet_DK (Chen et al. 2015, experiments): the same training on the float model's soft targets
             distiller = Distiller(model, float_model, temperature=args.distill, alpha=0.1)
             seconds = fit(distiller, args.pretrain_epochs + args.epochs)
             common.compile_model(model)  # the student alone, for its Keras accuracy

@@ -103,13 +103,15 @@ class BayesianRun:
 
 def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float, batch_size: int = 128,
                    lr: float | None = None, tau: float = 0.05, theta: float = 0.2, callbacks=(), verbose: int = 2,
-                   layer_kwargs: dict | None = None) -> BayesianRun:
+                   layer_kwargs: dict | None = None, keep: dict[str, int] | None = None) -> BayesianRun:
     """The Bayesian-pruning protocol both bench_bayesian.py and explore_bayesian.py run.
 
     ``bayesian.convert`` of ``trained``; ``epochs`` of training (Adam ``lr``: 1e-2 for Dirichlet,
     whose switches alone train, else 1e-3), the KL weight warmed up linearly over the first half
     to ``beta`` (none for slimming), VCP pruning after each epoch (``tau``, ``theta``); BN layers
-    that convert inserted are recalibrated on 1,000 training images; then strip and shrink.
+    that convert inserted are recalibrated on 1,000 training images; with ``keep``
+    (``{"conv1": 5, ...}``) the model is cut to that sub-architecture by posterior importance
+    (``bayesian.prune_to``, step 3 of Dirichlet pruning); then strip and shrink.
     """
     from tfcompress import bayesian, shrink
     from tfcompress.batchnorm import recalibrate_batchnorm
@@ -128,6 +130,8 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
     if method in ("vcp", "slimming"):
         # the BN layers inserted into LeNet start with identity statistics: set them to the data's
         recalibrate_batchnorm(model, data.x_train[:1000])
+    if keep:
+        bayesian.prune_to(model, keep)
     plain = bayesian.strip(model, slimming_threshold=1e-2 if method == "slimming" else None)
     small, report = shrink(plain, return_report=True)
     return BayesianRun(model, compile_model(small), report, seconds)

@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=0.0, metavar="T",
                         help="fine-tune by distillation from the dense model at temperature T (0: labels only)")
     parser.add_argument("--cosine", action="store_true", help="fine-tune with a cosine-decayed learning rate")
+    parser.add_argument("--keep", default="", help="cut to a sub-architecture by posterior importance, "
+                        "e.g. 'conv1=5,conv2=15,fc1=45' (bayesian.prune_to)")
     parser.add_argument("--layer-kwargs", default="{}", help="JSON passed to bayesian.convert")
     args = parser.parse_args()
 
@@ -65,7 +67,8 @@ def main() -> None:
 
     run = common.train_bayesian(dense, args.method, data, epochs=args.epochs, beta=args.kl_max, lr=args.lr,
                                 tau=args.tau, theta=args.theta, callbacks=[Kept()], verbose=0,
-                                layer_kwargs=json.loads(args.layer_kwargs))
+                                layer_kwargs=json.loads(args.layer_kwargs),
+                                keep={k: int(v) for k, v in (i.split("=") for i in args.keep.split(",") if i)})
     small, report, seconds = run.small, run.report, run.seconds
     summary = summarize(small)
     accuracies = [round(common.keras_accuracy(small, data), 4)]
@@ -81,7 +84,7 @@ def main() -> None:
               "MACs": summary.macs, "bayesian train s": seconds, "history": history,
               "keras accuracy after 0..F fine-tuning epochs": accuracies,
               "dense pre-trained accuracy": round(common.keras_accuracy(dense, data), 4)}
-    suffix = (f"_distill{args.distill:g}" if args.distill else "") + ("_cosine" if args.cosine else "")
+    suffix = ("_keep" + args.keep.replace("=", "").replace(",", "-") if args.keep else "") + (f"_distill{args.distill:g}" if args.distill else "") + ("_cosine" if args.cosine else "")
     (out / f"{args.method}_{args.kl_max:g}{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 

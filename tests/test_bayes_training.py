@@ -258,3 +258,39 @@ def test_backup_and_restore_resumes_exactly(tmp_path, uninterrupted):
     assert len(history.history["loss"]) == EPOCHS - INTERRUPT_AFTER
     assert history.history["kl_weight"] == uninterrupted[1]["kl_weight"][INTERRUPT_AFTER:]
     assert_same_end(fresh, uninterrupted)
+
+
+@pytest.mark.parametrize("method", ["dirichlet_mean", "vcp", "sbp", "bc", "sparse_vd"])
+def test_prune_to_keeps_the_most_important_channels_and_shrink_cuts_them(method):
+    """``prune_to`` (step 3 of Dirichlet pruning, any method): the k channels of highest
+    posterior importance among the surviving ones stay, the model computes the same function
+    as the cut model, and shrink removes the rest."""
+    model, x, y = conv_task()
+    converted = convert(model, method)
+    converted.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=callbacks(method))
+    keep_before, importance = conv_channels(converted)
+    alive = [i for i in range(CHANNELS) if keep_before[i]]
+    k = min(3, len(alive) - 1)
+    assert k >= 1, keep_before
+    expected = sorted(sorted(alive, key=lambda i: -importance[i])[:k])
+    (name, _), = bayesian.structure(converted).items()
+    masked = bayesian.prune_to(converted, {"conv": k})  # by the producing layer's name
+    assert masked == {name: len(alive) - k}
+    keep_after, _ = conv_channels(converted)
+    assert [i for i in range(CHANNELS) if keep_after[i]] == expected
+    small, report = bayesian_shrink(converted)
+    # shrink may also drop a kept noise channel the head never reads (its outgoing weights are 0)
+    assert report.channels["conv"][0] == CHANNELS and 1 <= report.channels["conv"][1] <= k
+    np.testing.assert_allclose(small.predict(x, verbose=0), converted.predict(x, verbose=0), atol=1e-4)
+    # pruning to more channels than survive changes nothing
+    assert bayesian.prune_to(converted, {name: CHANNELS}) == {name: 0}
+
+
+def test_prune_to_rejects_unknown_layers_and_bad_counts():
+    model, _, _ = conv_task()
+    converted = convert(model, "dirichlet_mean")
+    with pytest.raises(Exception, match="no Bayesian layer scores the channels of 'nope'"):
+        bayesian.prune_to(converted, {"nope": 2})
+    for bad in (0, CHANNELS + 1, 2.5, True):
+        with pytest.raises(Exception, match="not a channel count"):
+            bayesian.prune_to(converted, {"conv": bad})

@@ -1,5 +1,6 @@
 """Bayesian structured pruning, model level: ``convert`` a trained model, read its ``structure``,
-``strip`` it to a plain Keras model that ``tfcompress.shrink`` cuts and ``to_tflite`` exports.
+optionally cut it to a chosen sub-architecture by posterior importance (``prune_to``), ``strip``
+it to a plain Keras model that ``tfcompress.shrink`` cuts and ``to_tflite`` exports.
 
 Methods (the layers cite their papers and equations):
 
@@ -30,7 +31,10 @@ with the plain ELBO (beta = 1) moves the variational parameters too little to pr
 each by about the learning rate per step); a beta-ELBO (``KLAnnealing(max_weight=beta)``) trades
 accuracy for channels, and how many go depends steeply on beta and the epochs. Measure it on
 your model with ``benchmarks/explore_bayesian.py`` (kept channels after every epoch, then
-accuracy through fine-tuning of the shrunk model) before a long run.
+accuracy through fine-tuning of the shrunk model) before a long run. When the target is a size
+(a params or MACs budget) rather than a beta, ``prune_to`` cuts any trained Bayesian model to a
+chosen sub-architecture by its posterior importance, as the Dirichlet pruning paper does; fine-tune
+the shrunk model after, e.g. with ``tfcompress.distillation.Distiller``.
 """
 
 from __future__ import annotations
@@ -232,6 +236,56 @@ def structure(model, *, slimming_threshold: float | None = None) -> dict[str, di
             if isinstance(layer, BCDense | BCConv2D):
                 out[layer.name]["bit_precision"] = layer.bit_precision()
     return out
+
+
+def prune_to(model, keep: dict[str, int]) -> dict[str, int]:
+    """Cut a trained Bayesian model to a chosen sub-architecture, by posterior importance.
+
+    Step 3 of Dirichlet pruning (Adamczewski and Park 2021, Algorithm 1: "remove unimportant
+    channels according to the learned importance"; the paper prunes LeNet-5 to sub-architectures
+    of a chosen size), for any method: in each named layer, keep the ``k`` channels of highest
+    ``channel_importance()`` (Dirichlet: posterior mean; VCP: |mu|; SBP: SNR; BC: -log alpha of
+    the group; sparse VD: surviving weights) among those the layer still keeps, and mask the
+    rest. ``strip`` + ``tfcompress.shrink`` then remove them; fine-tune after (step 4).
+
+    Args:
+        model: a model from ``convert``, trained.
+        keep: ``{name: k}``; ``name`` is a Bayesian layer's name or the name of the Conv2D /
+            Dense whose channels it scores (``{"conv1": 5, "conv2": 15, "fc1": 45}``).
+
+    Returns:
+        ``{bayesian layer name: channels masked by this call}``.
+    """
+    by_name: dict[str, Any] = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, _BAYESIAN):
+            by_name[layer.name] = layer
+            if isinstance(layer, VariationalBatchNormalization | DirichletSwitch | LogNormalDropout):
+                producer = _producer_of(layer)
+                if producer is not None:
+                    by_name.setdefault(producer.name, layer)
+    masked: dict[str, int] = {}
+    for name, k in keep.items():
+        layer = by_name.get(name)
+        if layer is None:
+            raise TfcompressError(f"no Bayesian layer scores the channels of {name!r}", "prune_to",
+                                  f"use one of {sorted(by_name)}")
+        total = int(layer.mask.shape[0])
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= total:
+            raise TfcompressError(f"keep[{name!r}] = {k!r} is not a channel count of a {total}-channel layer",
+                                  "prune_to", f"pass an integer from 1 to {total}")
+        alive = np.asarray(layer.keep_mask(), bool)
+        if int(alive.sum()) <= k:
+            logger.info("prune_to: %s keeps %d channels, already <= %d", layer.name, int(alive.sum()), k)
+            masked[layer.name] = 0
+            continue
+        importance = np.where(alive, np.asarray(layer.channel_importance(), np.float64), -np.inf)
+        chosen = np.zeros(total, bool)
+        chosen[np.argsort(-importance, kind="stable")[:k]] = True
+        before = np.asarray(layer.mask.numpy()) > 0
+        layer.mask.assign((before & chosen).astype(np.float32))
+        masked[layer.name] = int(before.sum() - (before & chosen).sum())
+    return masked
 
 
 def _producer_of(layer):

@@ -8,7 +8,7 @@ student minimizes
 
 where z_s, z_t are the student's and teacher's logits and T the temperature. The T^2 factor keeps
 the soft term's gradient magnitude independent of T (the paper's closing remark of section 2).
-Chen et al. 2015 (HashedNets, section 6) train hashed networks this way ("HashNet_DK"); after
+Chen et al. 2015 (HashedNets) train hashed networks this way in their experiments ("HashNet_DK"); after
 ``tfcompress.shrink`` it is the usual fine-tuning step that recovers the accuracy pruning cost.
 
     distiller = tfcompress.distillation.Distiller(student=small, teacher=dense, temperature=4.0)
