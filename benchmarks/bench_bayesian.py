@@ -71,12 +71,12 @@ def main() -> None:
     data = common.load_data(args.limit)
     n = len(data.x_train)
     steps = int(np.ceil(n / args.batch_size)) * args.epochs
-    betas = {m: float(v) for m, v in (item.split("=") for item in args.method_kl.split(",") if item)}
+    betas = common.parse_pairs(args.method_kl, float)
     unknown = set(betas) - set(bayesian.METHODS)
     if unknown:
         parser.error(f"--method-kl: unknown method(s) {sorted(unknown)}; use {bayesian.METHODS}")
     finetune = args.finetune_epochs
-    dirichlet_keep = {k: int(v) for k, v in (item.split("=") for item in args.dirichlet_keep.split(",") if item)}
+    dirichlet_keep = common.parse_pairs(args.dirichlet_keep, int)
 
     teacher = None  # the dense row's model, once trained, when --distill
 

@@ -69,7 +69,7 @@ def lenet_variant(kind: str, seed: int = 0, compression: float | None = None, ha
     else:
         chosen = HASHED_LAYERS[hashed]
         kernels = {"conv1": 5 * 5 * 20, "conv2": 5 * 5 * 20 * 50, "fc1": 800 * 500, "fc2": 500 * 10}
-        if len(chosen) == len(names):
+        if len(chosen) == len(names):  # every layer at `compression` itself (the uniform HashedNets row)
             share = compression
         else:
             budget = compression * sum(kernels.values()) - sum(v for k, v in kernels.items() if k not in chosen)

@@ -39,6 +39,11 @@ def load_data(limit: int | None = None) -> Data:
     return Data(x_train, y_train, x_test, y_test)
 
 
+def parse_pairs(text: str, cast=float) -> dict:
+    """``"conv1=5,conv2=15"`` -> ``{"conv1": cast("5"), "conv2": cast("15")}`` (command-line lists)."""
+    return {key: cast(value) for key, value in (item.split("=") for item in text.split(",") if item)}
+
+
 def lenet(seed: int = 0):
     import keras
 
@@ -146,8 +151,10 @@ def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: floa
 
     if not epochs:
         return
-    steps = int(np.ceil(len(data.x_train) / batch_size)) * epochs
-    rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps) if cosine else lr
+    rate = lr
+    if cosine:
+        steps = int(np.ceil(len(data.x_train) / batch_size)) * epochs
+        rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
     trainer = model
     if teacher is not None:
         from tfcompress.distillation import Distiller

@@ -68,7 +68,7 @@ def main() -> None:
     run = common.train_bayesian(dense, args.method, data, epochs=args.epochs, beta=args.kl_max, lr=args.lr,
                                 tau=args.tau, theta=args.theta, callbacks=[Kept()], verbose=0,
                                 layer_kwargs=json.loads(args.layer_kwargs),
-                                keep={k: int(v) for k, v in (i.split("=") for i in args.keep.split(",") if i)})
+                                keep=common.parse_pairs(args.keep, int))
     small, report, seconds = run.small, run.report, run.seconds
     summary = summarize(small)
     accuracies = [round(common.keras_accuracy(small, data), 4)]
@@ -84,7 +84,8 @@ def main() -> None:
               "MACs": summary.macs, "bayesian train s": seconds, "history": history,
               "keras accuracy after 0..F fine-tuning epochs": accuracies,
               "dense pre-trained accuracy": round(common.keras_accuracy(dense, data), 4)}
-    suffix = ("_keep" + args.keep.replace("=", "").replace(",", "-") if args.keep else "") + (f"_distill{args.distill:g}" if args.distill else "") + ("_cosine" if args.cosine else "")
+    suffix = "".join(part for part, on in ((f"_keep{args.keep.replace('=', '').replace(',', '-')}", args.keep),
+                                           (f"_distill{args.distill:g}", args.distill), ("_cosine", args.cosine)) if on)
     (out / f"{args.method}_{args.kl_max:g}{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 

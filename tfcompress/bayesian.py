@@ -50,7 +50,7 @@ from tfcompress.layers.bayesian_compression import BCConv2D, BCDense
 from tfcompress.layers.dirichlet import DirichletSwitch, freeze_all_but_switches
 from tfcompress.layers.lognormal import LogNormalDropout
 from tfcompress.layers.sparse_vd import VariationalConv2D, VariationalDense
-from tfcompress.layers.variational_bn import VariationalBatchNormalization
+from tfcompress.layers.variational_bn import VariationalBatchNormalization, top_k_channels
 from tfcompress.regularizers import NetworkSlimming
 
 logger = logging.getLogger("tfcompress")
@@ -279,9 +279,7 @@ def prune_to(model, keep: dict[str, int]) -> dict[str, int]:
             logger.info("prune_to: %s keeps %d channels, already <= %d", layer.name, int(alive.sum()), k)
             masked[layer.name] = 0
             continue
-        importance = np.where(alive, np.asarray(layer.channel_importance(), np.float64), -np.inf)
-        chosen = np.zeros(total, bool)
-        chosen[np.argsort(-importance, kind="stable")[:k]] = True
+        chosen = top_k_channels(layer.channel_importance(), alive, k)
         before = np.asarray(layer.mask.numpy()) > 0
         layer.mask.assign((before & chosen).astype(np.float32))
         masked[layer.name] = int(before.sum() - (before & chosen).sum())

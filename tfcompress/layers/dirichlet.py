@@ -71,6 +71,7 @@ from tfcompress.layers.variational_bn import (
     add_pruning_state,
     check_dataset_size,
     check_positive,
+    top_k_channels,
 )
 
 ESTIMATORS = ("reparameterized", "mean")
@@ -260,10 +261,7 @@ class DirichletSwitch(SeedStateMixin, keras.layers.Layer):
                 f"DirichletSwitch({self.name}).keep_mask",
                 "pass a number of channels the layer has",
             )
-        ranked = np.argsort(-np.where(mask, importance, -np.inf), kind="stable")
-        keep = np.zeros_like(mask)
-        keep[ranked[: int(num_keep)]] = True
-        return keep & mask
+        return top_k_channels(importance, mask, int(num_keep))
 
     def prune(self, num_keep: int | None = None) -> int:
         """Set ``mask`` to ``keep_mask(num_keep)``; returns the number of channels masked."""

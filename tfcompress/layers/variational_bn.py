@@ -105,6 +105,16 @@ def add_pruning_state(layer: keras.layers.Layer, channels: int, kl_weight: float
     )
 
 
+def top_k_channels(importance: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
+    """Bool mask of the ``k`` channels of highest ``importance`` among those where ``among`` is
+    True (ties: lower index first); fewer when fewer are eligible."""
+    among = np.asarray(among, bool)
+    ranked = np.argsort(-np.where(among, np.asarray(importance, np.float64), -np.inf), kind="stable")
+    keep = np.zeros(among.shape, bool)
+    keep[ranked[: int(k)]] = True
+    return keep & among
+
+
 def add_kl_loss(layer: keras.layers.Layer) -> None:
     """``add_loss(kl_weight * KL / N)``: the per-example share of the ELBO's KL term."""
     layer.add_loss(layer.kl_weight * layer.kl_divergence() / float(layer.dataset_size))
