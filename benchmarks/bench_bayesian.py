@@ -11,8 +11,11 @@ sets one method's beta; ``--finetune-epochs F`` trains each shrunk model F more 
 Keras fit, the dense row trains F more too), and the table then shows the accuracy before
 fine-tuning beside it (``--distill T``: fine-tuning by distillation from the dense row; ``--cosine``:
 a cosine-decayed learning rate); VCP is always reported both without retraining and after it.
-``--dirichlet-keep conv1=5,conv2=15,fc1=45`` cuts the Dirichlet model to that sub-architecture by
-posterior mean (``bayesian.prune_to``, step 3 of the paper's algorithm) instead of its threshold. The magnitude row prunes 70% of channels with the issue-3 flow
+``--keep conv1=5,conv2=15,fc1=45`` cuts the models of ``--keep-methods`` (default: dirichlet) to that
+sub-architecture by posterior importance (``bayesian.prune_to``, step 3 of Dirichlet pruning) instead of
+their thresholds.
+``--cost-scales vcp`` weighs each layer's KL by what its channels cost in MACs and parameters
+(``KLAnnealing(layer_scales="cost")``, recomputed every epoch). The magnitude row prunes 70% of channels with the issue-3 flow
 (prune / UpdatePruning / strip / shrink) over the same epochs. Latencies: one interleaved
 LiteRT run, 1 thread, ratio to dense.
 """
@@ -51,9 +54,13 @@ def main() -> None:
     parser.add_argument("--cosine", action="store_true",
                         help="fine-tuning epochs (and the dense row's last as many) decay the learning rate "
                              "along a cosine to 0")
-    parser.add_argument("--dirichlet-keep", default="",
-                        help="cut the Dirichlet model to this sub-architecture by posterior mean (step 3 of the "
-                             "paper's algorithm), e.g. 'conv1=5,conv2=15,fc1=45'; default: its importance threshold")
+    parser.add_argument("--keep", default="",
+                        help="cut the --keep-methods models to this sub-architecture by posterior importance (step 3 "
+                             "of Dirichlet pruning), e.g. 'conv1=5,conv2=15,fc1=45'; default: their thresholds")
+    parser.add_argument("--keep-methods", default="dirichlet", help="the methods --keep applies to, e.g. 'vcp,sbp'")
+    parser.add_argument("--cost-scales", default="",
+                        help="methods whose KL weight per layer follows the cost of its channels, e.g. 'vcp' "
+                             "(KLAnnealing(layer_scales='cost'), bayesian.cost_scales)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--limit", type=int, default=None)
@@ -76,7 +83,13 @@ def main() -> None:
     if unknown:
         parser.error(f"--method-kl: unknown method(s) {sorted(unknown)}; use {bayesian.METHODS}")
     finetune = args.finetune_epochs
-    dirichlet_keep = common.parse_pairs(args.dirichlet_keep, int)
+    keep_target = common.parse_pairs(args.keep, int)
+    keep_methods = set(filter(None, args.keep_methods.split(","))) if keep_target else set()
+    if keep_methods - (set(bayesian.METHODS) - {"slimming"}):
+        parser.error(f"--keep-methods: use methods from {bayesian.METHODS[:-1]}")
+    cost_scaled = set(filter(None, args.cost_scales.split(",")))
+    if cost_scaled - (set(bayesian.METHODS) - {"slimming"}):
+        parser.error(f"--cost-scales: use methods with a KL term from {bayesian.METHODS[:-1]}")
 
     teacher = None  # the dense row's model, once trained, when --distill
 
@@ -130,15 +143,18 @@ def main() -> None:
 
     for method in args.methods.split(","):
         beta_value = betas.get(method, args.kl_max)
-        keep = dirichlet_keep if method == "dirichlet" else None
+        keep = keep_target if method in keep_methods else None
         run = common.train_bayesian(fresh(), method, data, epochs=args.epochs, beta=beta_value,
-                                    batch_size=args.batch_size, keep=keep)
+                                    batch_size=args.batch_size, keep=keep,
+                                    layer_scales="cost" if method in cost_scaled else None)
         model, small, report, seconds = run.model, run.small, run.report, run.seconds
         label = {"vcp": "VCP", "dirichlet": "Dirichlet", "sbp": "SBP", "sparse_vd": "sparse VD",
                  "bc": "BC-GNJ", "slimming": "network slimming"}[method]
         beta = "L1 on BN gamma" if method == "slimming" else f"beta {beta_value:g}"
+        if method in cost_scaled:
+            beta += " x the layer's channel cost (cost_scales)"
         if keep:
-            beta += "; cut to " + "-".join(str(v) for v in keep.values()) + " by posterior mean (prune_to)"
+            beta += "; cut to " + "-".join(str(v) for v in keep.values()) + " by posterior importance (prune_to)"
         if method == "vcp":
             rows.append(common.export_row("VCP (no retraining)", small, data, **{
                 "channels": kept(report), "train s": seconds, "note": beta}))
@@ -181,11 +197,16 @@ def main() -> None:
         + f"; KL weight (beta, in each row's note) warmed up linearly over {max(1, args.epochs // 2)} epochs; "
         "Dirichlet trains only the switches "
         "(Adam 1e-2, prior 0.5); VCP prunes after each epoch with tau=0.05, theta=0.2; slimming drops |gamma| <= 0.01.",
-        *([f"Dirichlet row: the switches train with the network frozen (the paper's step 2), then the model is cut "
-           f"to the sub-architecture {'-'.join(str(v) for v in dirichlet_keep.values())} "
-           f"({', '.join(f'{k} {v}' for k, v in dirichlet_keep.items())}) by posterior mean with "
-           "bayesian.prune_to (step 3; the paper prunes LeNet-5 to chosen sub-architectures) and fine-tuned (step 4)."]
-          if dirichlet_keep else []),
+        *([f"Rows cut to {'-'.join(str(v) for v in keep_target.values())} "
+           f"({', '.join(f'{k} {v}' for k, v in keep_target.items())}): after their Bayesian training (Dirichlet: "
+           "the switches alone, the network frozen, the paper's step 2) the channels of highest posterior importance "
+           "are kept with bayesian.prune_to (step 3 of Dirichlet pruning, which prunes LeNet-5 to chosen "
+           "sub-architectures), then the small model is fine-tuned (step 4). Methods cut: "
+           f"{', '.join(sorted(keep_methods))}."] if keep_methods else []),
+        *(["beta x the layer's channel cost: each Bayesian layer's KL weight is beta times "
+           "bayesian.cost_scales(model) at the start of every epoch, the MACs plus parameters one more of its "
+           "channels would save, relative to the model's totals, over the mean of the layers (MorphNet's "
+           "FLOP-weighted penalty, Gordon et al. 2018, applied to the KL)."] if cost_scaled else []),
         "params = parameters stored by the shrunk model (its int8 file holds them all); non-zero params also "
         "leave out the zeros inside kernels (sparse VD's unstructured sparsity); MACs of the shrunk dense model.",
         "VCP and slimming rows: LeNet-5-Caffe has no BatchNormalization, so convert inserts it; those layers' "
@@ -196,7 +217,8 @@ def main() -> None:
                    columns, common.public(rows) + published_rows, notes,
                    extra={"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "kl_max": args.kl_max,
                           "method_kl": betas, "finetune_epochs": finetune, "distill_temperature": args.distill,
-                          "cosine": args.cosine, "dirichlet_keep": dirichlet_keep})
+                          "cosine": args.cosine, "keep": keep_target, "keep_methods": sorted(keep_methods),
+                          "cost_scales": sorted(cost_scaled)})
     print(harness.table(columns, rows + published_rows))
     print("\n".join(notes))
 

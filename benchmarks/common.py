@@ -108,7 +108,8 @@ class BayesianRun:
 
 def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float, batch_size: int = 128,
                    lr: float | None = None, tau: float = 0.05, theta: float = 0.2, callbacks=(), verbose: int = 2,
-                   layer_kwargs: dict | None = None, keep: dict[str, int] | None = None) -> BayesianRun:
+                   layer_kwargs: dict | None = None, keep: dict[str, int] | None = None,
+                   layer_scales: dict[str, float] | str | None = None) -> BayesianRun:
     """The Bayesian-pruning protocol both bench_bayesian.py and explore_bayesian.py run.
 
     ``bayesian.convert`` of ``trained``; ``epochs`` of training (Adam ``lr``: 1e-2 for Dirichlet,
@@ -116,7 +117,8 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
     to ``beta`` (none for slimming), VCP pruning after each epoch (``tau``, ``theta``); BN layers
     that convert inserted are recalibrated on 1,000 training images; with ``keep``
     (``{"conv1": 5, ...}``) the model is cut to that sub-architecture by posterior importance
-    (``bayesian.prune_to``, step 3 of Dirichlet pruning); then strip and shrink.
+    (``bayesian.prune_to``, step 3 of Dirichlet pruning); then strip and shrink. ``layer_scales``
+    multiplies the KL weight of chosen Bayesian layers (``KLAnnealing(layer_scales=...)``).
     """
     from tfcompress import bayesian, shrink
     from tfcompress.batchnorm import recalibrate_batchnorm
@@ -124,7 +126,8 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
 
     kwargs = {**BAYESIAN_LAYER_DEFAULTS.get(method, {}), **(layer_kwargs or {})}
     model = bayesian.convert(trained, method, dataset_size=len(data.x_train), **kwargs)
-    schedule = [] if method == "slimming" else [KLAnnealing(warmup_epochs=max(1, epochs // 2), max_weight=beta)]
+    schedule = [] if method == "slimming" else [KLAnnealing(warmup_epochs=max(1, epochs // 2), max_weight=beta,
+                                                              layer_scales=layer_scales)]
     if method == "vcp":
         schedule.append(VariationalPruning(tau=tau, theta=theta))
     compile_model(model, lr if lr is not None else (1e-2 if method == "dirichlet" else 1e-3))

@@ -37,8 +37,11 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=0.0, metavar="T",
                         help="fine-tune by distillation from the dense model at temperature T (0: labels only)")
     parser.add_argument("--cosine", action="store_true", help="fine-tune with a cosine-decayed learning rate")
+    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="Adam learning rate of the fine-tuning")
     parser.add_argument("--keep", default="", help="cut to a sub-architecture by posterior importance, "
                         "e.g. 'conv1=5,conv2=15,fc1=45' (bayesian.prune_to)")
+    parser.add_argument("--layer-scales", default="", help="KL weight factor per Bayesian layer, "
+                        "e.g. 'conv1_bn=2,fc1_bn=0.3', or 'cost' (KLAnnealing(layer_scales=...))")
     parser.add_argument("--layer-kwargs", default="{}", help="JSON passed to bayesian.convert")
     args = parser.parse_args()
 
@@ -68,7 +71,9 @@ def main() -> None:
     run = common.train_bayesian(dense, args.method, data, epochs=args.epochs, beta=args.kl_max, lr=args.lr,
                                 tau=args.tau, theta=args.theta, callbacks=[Kept()], verbose=0,
                                 layer_kwargs=json.loads(args.layer_kwargs),
-                                keep=common.parse_pairs(args.keep, int))
+                                keep=common.parse_pairs(args.keep, int),
+                                layer_scales=(args.layer_scales if args.layer_scales == "cost"
+                                              else common.parse_pairs(args.layer_scales)))
     small, report, seconds = run.small, run.report, run.seconds
     summary = summarize(small)
     accuracies = [round(common.keras_accuracy(small, data), 4)]
@@ -79,13 +84,17 @@ def main() -> None:
             print(f"fine-tuning epoch {epoch + 1}: {accuracies[-1]}", flush=True)
 
     common.fine_tune(small, data, args.finetune_epochs, teacher=dense if args.distill else None,
-                     temperature=args.distill or 4.0, cosine=args.cosine, callbacks=[Accuracy()], verbose=0)
+                     temperature=args.distill or 4.0, cosine=args.cosine, lr=args.finetune_lr,
+                     callbacks=[Accuracy()], verbose=0)
     result = {"command": " ".join(sys.argv), "structure": report.structure(), "params": summary.params,
               "MACs": summary.macs, "bayesian train s": seconds, "history": history,
               "keras accuracy after 0..F fine-tuning epochs": accuracies,
               "dense pre-trained accuracy": round(common.keras_accuracy(dense, data), 4)}
     suffix = "".join(part for part, on in ((f"_keep{args.keep.replace('=', '').replace(',', '-')}", args.keep),
-                                           (f"_distill{args.distill:g}", args.distill), ("_cosine", args.cosine)) if on)
+                                           (f"_distill{args.distill:g}", args.distill),
+                                           (f"_scales{args.layer_scales.replace('=', '').replace(',', '-')}",
+                                            args.layer_scales), ("_cosine", args.cosine),
+                                           (f"_lr{args.finetune_lr:g}", args.finetune_lr != 1e-3)) if on)
     (out / f"{args.method}_{args.kl_max:g}{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 

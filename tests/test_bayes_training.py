@@ -22,6 +22,8 @@ import pytest
 
 from tfcompress import bayesian
 from tfcompress.callbacks import KLAnnealing, VariationalPruning
+from tfcompress.errors import TfcompressError
+from tfcompress.surgery import shrink
 
 INFORMATIVE, CHANNELS, SAMPLES = 2, 6, 256
 EXPECTED = [True] * INFORMATIVE + [False] * (CHANNELS - INFORMATIVE)
@@ -294,3 +296,51 @@ def test_prune_to_rejects_unknown_layers_and_bad_counts():
     for bad in (0, CHANNELS + 1, 2.5, True):
         with pytest.raises(Exception, match="not a channel count"):
             bayesian.prune_to(converted, {"conv": bad})
+
+
+def lenet_costs(c1: int, c2: int, hidden: int, bn: int = 0):
+    """LeNet-5-Caffe counted by hand: (MACs, params) of the model and one channel of each layer
+    (conv1 5x5x1 -> 24x24, conv2 5x5xc1 -> 8x8, flatten 4x4xc2, fc1 -> hidden, logits 10;
+    ``bn`` parameters per channel of a BatchNormalization after conv1, conv2 and fc1)."""
+    macs = 25 * 576 * c1 + 25 * c1 * 64 * c2 + 16 * c2 * hidden + 10 * hidden
+    params = (26 + bn) * c1 + (25 * c1 + 1 + bn) * c2 + (16 * c2 + 1 + bn) * hidden + 10 * hidden + 10
+    return (macs, params), {
+        "conv1": (25 * 576 + 25 * c2 * 64, 26 + bn + 25 * c2),
+        "conv2": (25 * c1 * 64 + 16 * hidden, 25 * c1 + 1 + bn + 16 * hidden),
+        "fc1": (16 * c2 + 10, 16 * c2 + 1 + bn + 10),
+    }
+
+
+def scales_by_hand(c1: int, c2: int, hidden: int, suffix: str, bn: int = 0, macs_weight=1.0, params_weight=1.0):
+    (macs, params), channel = lenet_costs(c1, c2, hidden, bn)
+    costs = {name: macs_weight * m / macs + params_weight * p / params for name, (m, p) in channel.items()}
+    mean = np.mean(list(costs.values()))
+    return {f"{name}{suffix}": cost / mean for name, cost in costs.items()}
+
+
+def test_cost_scales_match_the_hand_count_of_lenet_costs():
+    from tfcompress.metrics import summarize
+    from tfcompress.models import lenet5_caffe
+
+    model = lenet5_caffe()
+    assert lenet_costs(20, 50, 500)[0] == (summarize(model).linear_macs, summarize(model).params)
+    for method, suffix, bn in (("vcp", "_bn", 4), ("dirichlet", "_switch", 0)):
+        converted = bayesian.convert(model, method, dataset_size=100)
+        for weights in ((1.0, 1.0), (1.0, 0.0), (0.5, 2.0)):
+            scales = bayesian.cost_scales(converted, macs_weight=weights[0], params_weight=weights[1])
+            assert scales == pytest.approx(scales_by_hand(20, 50, 500, suffix, bn, *weights))
+    # the costs follow the masks: cut to 5-15-45, a conv1 channel is cheaper than in the full model
+    converted = bayesian.convert(model, "vcp", dataset_size=100)
+    bayesian.prune_to(converted, {"conv1": 5, "conv2": 15, "fc1": 45})
+    small = summarize(shrink(bayesian.strip(converted)))
+    assert lenet_costs(5, 15, 45, bn=4)[0] == (small.linear_macs, small.params)
+    assert bayesian.cost_scales(converted) == pytest.approx(scales_by_hand(5, 15, 45, "_bn", bn=4))
+    masked = [layer for layer in converted.layers if hasattr(layer, "mask")]
+    masks = [layer.mask.numpy().copy() for layer in masked]
+    bayesian.cost_scales(converted)
+    for before, layer in zip(masks, masked, strict=True):
+        np.testing.assert_array_equal(layer.mask.numpy(), before)  # the trial masks are undone
+    with pytest.raises(TfcompressError, match="no Bayesian layer"):
+        bayesian.cost_scales(model)
+    with pytest.raises(TfcompressError, match="non-negative"):
+        bayesian.cost_scales(converted, macs_weight=0, params_weight=0)

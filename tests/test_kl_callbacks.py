@@ -129,3 +129,49 @@ def test_variational_pruning_config_and_errors():
     plain.compile("sgd", "mse")
     with pytest.raises(TfcompressError, match="VariationalBatchNormalization"):
         plain.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0, callbacks=[VariationalPruning(0.1, 0.1)])
+
+
+def test_kl_annealing_layer_scales_weigh_chosen_layers():
+    model = nested_model()
+    switch = next(layer for layer in bayesian_layers(model) if isinstance(layer, DirichletSwitch))
+    vbn = model.get_layer("vbn")
+    model.compile("sgd", "mse")
+    x, y = data()
+    annealing = KLAnnealing(0, 2, max_weight=3.0, layer_scales={"vbn": 0.25})
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[annealing])
+    assert float(vbn.kl_weight.numpy()) == 0.0  # epoch 0 of the warm-up
+    model.fit(x, y, epochs=3, initial_epoch=2, batch_size=16, verbose=0, callbacks=[annealing])
+    assert float(vbn.kl_weight.numpy()) == pytest.approx(0.75)
+    assert float(switch.kl_weight.numpy()) == pytest.approx(3.0)
+    clone = KLAnnealing.from_config(annealing.get_config())
+    assert clone.layer_scales == {"vbn": 0.25}
+    with pytest.raises(TfcompressError, match="layer_scales"):
+        KLAnnealing(layer_scales={"vbn": -1.0})
+    with pytest.raises(TfcompressError, match="not Bayesian layers"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[KLAnnealing(layer_scales={"dense": 2.0})])
+
+
+def test_kl_annealing_cost_scales_follow_the_pruned_model():
+    from tfcompress import bayesian
+    from tfcompress.models import lenet5_caffe
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 16)
+    model = bayesian.convert(lenet5_caffe(), "vcp", dataset_size=16)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    annealing = KLAnnealing(0, 0, max_weight=2.0, layer_scales="cost")
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[annealing])
+    full = bayesian.cost_scales(model)
+    for name, scale in full.items():
+        assert model.get_layer(name).kl_weight.numpy() == pytest.approx(2.0 * scale)
+        assert history.history[f"kl_scale/{name}"] == [pytest.approx(scale)]
+    bayesian.prune_to(model, {"conv1": 5, "conv2": 15, "fc1": 45})
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[annealing])
+    small = bayesian.cost_scales(model)
+    assert small != pytest.approx(full)  # cut to 5-15-45, the dense layer's units are dearer
+    assert small["fc1_bn"] > 2 * full["fc1_bn"]
+    for name, scale in small.items():
+        assert model.get_layer(name).kl_weight.numpy() == pytest.approx(2.0 * scale)
+    assert KLAnnealing.from_config(annealing.get_config()).layer_scales == "cost"
+    with pytest.raises(TfcompressError, match="unknown layer_scales"):
+        KLAnnealing(layer_scales="flops")

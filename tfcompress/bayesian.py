@@ -286,6 +286,71 @@ def prune_to(model, keep: dict[str, int]) -> dict[str, int]:
     return masked
 
 
+def cost_scales(model, *, macs_weight: float = 1.0, params_weight: float = 1.0) -> dict[str, float]:
+    """KL weight factors that make each Bayesian layer's channels as dear as they are costly.
+
+    The ELBO prices a channel of every layer alike, yet a first-layer channel of LeNet-5 costs
+    about 14,400 MACs on its own and a hidden unit of the dense layer about 800. MorphNet
+    (Gordon et al., CVPR 2018, Sec. 3.2, the FLOP regularizer) weighs each channel's sparsity
+    penalty by the resources it costs; here each layer's KL is weighed alike::
+
+        cost_l  = macs_weight * dMACs_l / MACs + params_weight * dParams_l / params
+        scale_l = cost_l / mean_l(cost_l)
+
+    where dMACs_l and dParams_l are what removing one more of layer l's channels would save in
+    the model as it stands (its masks applied: ``strip`` + ``shrink`` with and without that
+    channel), and MACs, params its current totals (MACs of the convolutions and dense layers,
+    ``ModelSummary.linear_macs``). Pass the result to
+    ``KLAnnealing(layer_scales=...)``. The scales are a tempered prior (a deliberate departure
+    from the ELBO, towards a budget in MACs and parameters), not a posterior.
+
+    Args:
+        model: a model from ``convert``.
+        macs_weight, params_weight: how much MACs and parameters count (>= 0, not both 0).
+
+    Returns:
+        ``{bayesian layer name: scale}``, with mean 1 over the layers that have a channel to
+        spare (a layer down to one channel gets scale 1).
+    """
+    from tfcompress.metrics import summarize
+    from tfcompress.surgery import shrink
+
+    macs_weight, params_weight = float(macs_weight), float(params_weight)
+    if min(macs_weight, params_weight) < 0 or macs_weight + params_weight <= 0:
+        raise TfcompressError(f"macs_weight={macs_weight}, params_weight={params_weight}", "cost_scales",
+                              "pass non-negative weights, at least one of them > 0")
+    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+              if isinstance(layer, _BAYESIAN)]
+    if not layers:
+        raise TfcompressError("the model has no Bayesian layer", "cost_scales",
+                              "convert it first: tfcompress.bayesian.convert(model, method, dataset_size=N)")
+
+    def totals() -> tuple[float, float]:
+        summary = summarize(shrink(strip(model)))
+        return float(summary.linear_macs), float(summary.params)
+
+    base_macs, base_params = totals()
+    costs: dict[str, float] = {}
+    for layer in layers:
+        alive = np.asarray(layer.keep_mask(), bool)
+        if alive.sum() <= 1:
+            continue
+        before = layer.mask.numpy()
+        weakest = np.flatnonzero(alive)[np.argmin(np.asarray(layer.channel_importance())[alive])]
+        trial = before.copy()
+        trial[weakest] = 0.0
+        layer.mask.assign(trial)
+        try:
+            macs, params = totals()
+        finally:
+            layer.mask.assign(before)
+        costs[layer.name] = (macs_weight * (base_macs - macs) / base_macs
+                             + params_weight * (base_params - params) / base_params)
+    mean = float(np.mean(list(costs.values()))) if costs else 0.0
+    return {layer.name: (costs[layer.name] / mean if layer.name in costs and mean > 0 else 1.0)
+            for layer in layers}
+
+
 def _producer_of(layer):
     node = layer._inbound_nodes[0]
     return node.parent_nodes[0].operation if node.parent_nodes else None

@@ -8,6 +8,14 @@ Molchanov et al. 2017, Sec. 4, who train sparse VD with the KL weight rising fro
 Every layer that follows the protocol of ``tfcompress.layers.variational_bn`` (a
 non-trainable scalar ``kl_weight`` variable and a ``kl_divergence()`` method) is found by
 walking the model, nested models included, and its ``kl_weight`` set.
+
+``layer_scales`` multiplies the weight of chosen layers. The ELBO weighs every layer's KL
+alike; a scale per layer is a tempered prior that makes a layer's channels dearer to keep,
+as MorphNet (Gordon et al., CVPR 2018, Sec. 3.2) weighs each channel's sparsity penalty by
+the FLOPs it costs. ``tfcompress.bayesian.cost_scales`` derives such scales from the MACs and
+parameters a channel of each layer carries; ``layer_scales="cost"`` recomputes them from the
+model as it stands at the start of every epoch, so that as channels go (``VariationalPruning``)
+the price of the rest follows the smaller model.
 """
 
 from __future__ import annotations
@@ -57,6 +65,9 @@ class KLAnnealing(keras.callbacks.Callback):
         schedule: ``"linear"`` or ``"cosine"``.
         max_weight: the weight after the warm-up (1.0 = the ELBO).
         per_step: update at every training step instead of every epoch.
+        layer_scales: ``{layer name: factor}``; those layers get ``factor * w`` (default 1).
+            Names that match no Bayesian layer are refused when training begins. ``"cost"``:
+            ``tfcompress.bayesian.cost_scales(model)`` at the start of every epoch.
     """
 
     def __init__(
@@ -66,6 +77,7 @@ class KLAnnealing(keras.callbacks.Callback):
         schedule: str = "linear",
         max_weight: float = 1.0,
         per_step: bool = False,
+        layer_scales: dict[str, float] | str | None = None,
     ):
         super().__init__()
         where = "KLAnnealing"
@@ -88,6 +100,19 @@ class KLAnnealing(keras.callbacks.Callback):
         self.schedule = schedule
         self.max_weight = float(max_weight)
         self.per_step = bool(per_step)
+        if isinstance(layer_scales, str):
+            if layer_scales != "cost":
+                raise TfcompressError(f"unknown layer_scales {layer_scales!r}", where,
+                                      'pass {layer name: factor} or "cost"')
+            self.layer_scales: dict[str, float] | str = layer_scales
+        else:
+            self.layer_scales = {str(name): float(factor) for name, factor in (layer_scales or {}).items()}
+        self._scales = {} if isinstance(self.layer_scales, str) else self.layer_scales
+        for name, factor in self._scales.items():
+            if not math.isfinite(factor) or factor < 0:
+                raise TfcompressError(
+                    f"layer_scales[{name!r}] must be a finite number >= 0, got {factor}", where, "use e.g. 2.0"
+                )
         self._layers: list = []
         self._epoch = 0
         self._current = 0.0
@@ -105,7 +130,7 @@ class KLAnnealing(keras.callbacks.Callback):
     def _set(self, value: float) -> None:
         self._current = value
         for layer in self._layers:
-            layer.kl_weight.assign(value)
+            layer.kl_weight.assign(value * self._scales.get(layer.name, 1.0))
 
     def on_train_begin(self, logs=None):
         self._layers = bayesian_layers(self.model)
@@ -116,8 +141,19 @@ class KLAnnealing(keras.callbacks.Callback):
                 "use VariationalBatchNormalization, DirichletSwitch, LogNormalDropout, "
                 "VariationalDense/Conv2D, or remove the callback",
             )
+        unknown = sorted(set(self._scales) - {layer.name for layer in self._layers})
+        if unknown:
+            raise TfcompressError(
+                f"layer_scales names {unknown}, which are not Bayesian layers of the model",
+                "KLAnnealing",
+                f"use the names of its Bayesian layers: {sorted(layer.name for layer in self._layers)}",
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self.layer_scales == "cost":
+            from tfcompress.bayesian import cost_scales
+
+            self._scales = cost_scales(self.model)
         self._epoch = epoch
         self._set(self.weight_at(epoch))
 
@@ -129,6 +165,9 @@ class KLAnnealing(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["kl_weight"] = self._current
+            if self.layer_scales == "cost":
+                for name, factor in self._scales.items():
+                    logs[f"kl_scale/{name}"] = factor
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -137,6 +176,7 @@ class KLAnnealing(keras.callbacks.Callback):
             "schedule": self.schedule,
             "max_weight": self.max_weight,
             "per_step": self.per_step,
+            "layer_scales": self.layer_scales if isinstance(self.layer_scales, str) else dict(self.layer_scales),
         }
 
     @classmethod
