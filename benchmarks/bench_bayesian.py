@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--cosine", action="store_true",
                         help="fine-tuning epochs (and the dense row's last as many) decay the learning rate "
                              "along a cosine to 0")
+    parser.add_argument("--finetune-lr", type=float, default=1e-3,
+                        help="Adam learning rate of the fine-tuning epochs (and the dense row's last as many)")
     parser.add_argument("--keep", default="",
                         help="cut the --keep-methods models to this sub-architecture by posterior importance (step 3 "
                              "of Dirichlet pruning), e.g. 'conv1=5,conv2=15,fc1=45'; default: their thresholds")
@@ -100,7 +102,7 @@ def main() -> None:
         before = round(common.keras_accuracy(model, data), 4)
         started = time.perf_counter()
         common.fine_tune(model, data, epochs, teacher=teacher, temperature=args.distill, cosine=args.cosine,
-                         batch_size=args.batch_size)
+                         lr=args.finetune_lr, batch_size=args.batch_size)
         return before, round(time.perf_counter() - started)
     dense = common.compile_model(common.lenet())
     dense.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.pretrain_epochs, verbose=2)
@@ -120,7 +122,7 @@ def main() -> None:
     if args.cosine:
         baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2)
         # the dense row's last `finetune` epochs follow the fine-tuning schedule, without a teacher
-        common.fine_tune(baseline, data, finetune, cosine=True, batch_size=args.batch_size)
+        common.fine_tune(baseline, data, finetune, cosine=True, lr=args.finetune_lr, batch_size=args.batch_size)
     else:  # one uninterrupted fit, as the tables before --cosine were made
         baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs + finetune,
                      verbose=2)
@@ -191,7 +193,7 @@ def main() -> None:
         + (f" and {finetune} epochs of fine-tuning of the shrunk model"
            + (f" by distillation from the dense row (temperature {args.distill:g}, alpha 0.1)" if args.distill
               else " on the labels")
-           + (", Adam 1e-3 decayed to 0 along a cosine" if args.cosine else ", Adam 1e-3")
+           + f", Adam {args.finetune_lr:g}" + (" decayed to 0 along a cosine" if args.cosine else "")
            + f" (the dense row trains {args.epochs} + {finetune}, its last {finetune} with the same schedule"
            + (" and no teacher)" if args.distill else ")") if finetune else "")
         + f"; KL weight (beta, in each row's note) warmed up linearly over {max(1, args.epochs // 2)} epochs; "
@@ -217,7 +219,7 @@ def main() -> None:
                    columns, common.public(rows) + published_rows, notes,
                    extra={"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "kl_max": args.kl_max,
                           "method_kl": betas, "finetune_epochs": finetune, "distill_temperature": args.distill,
-                          "cosine": args.cosine, "keep": keep_target, "keep_methods": sorted(keep_methods),
+                          "cosine": args.cosine, "finetune_lr": args.finetune_lr, "keep": keep_target, "keep_methods": sorted(keep_methods),
                           "cost_scales": sorted(cost_scaled)})
     print(harness.table(columns, rows + published_rows))
     print("\n".join(notes))

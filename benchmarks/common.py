@@ -64,6 +64,19 @@ def compile_model(model, lr: float = 1e-3):
     return model
 
 
+def cached_dense_lenet(data: Data, epochs: int, directory: Path, batch_size: int = 128):
+    """LeNet-5-Caffe trained ``epochs`` epochs (Adam 1e-3), its weights cached in ``directory``
+    so that explorations started from the same dense model train it once."""
+    model = compile_model(lenet())
+    cache = directory / f"lenet_dense_{epochs}ep.weights.h5"
+    if cache.exists():
+        model.load_weights(cache)
+    else:
+        model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=2)
+        model.save_weights(cache)
+    return model
+
+
 def timed_fit(model, data: Data, epochs: int, batch_size: int = 128, callbacks=None) -> float:
     """Seconds per epoch, the first epoch (tracing) excluded when there are several."""
     import keras

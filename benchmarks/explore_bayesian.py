@@ -7,7 +7,8 @@ trains it ``--epochs`` with the KL weight warmed up linearly over the first half
 ``--kl-max``, prints the channels each Bayesian layer keeps after every epoch, then strips and
 shrinks it and fine-tunes the small model ``--finetune-epochs`` (Keras accuracy after each;
 ``--distill T``: by distillation from the dense model at temperature T). The protocol is ``common.train_bayesian``, the one
-``bench_bayesian.py`` runs (Dirichlet: prior 0.5, Adam 1e-2 on the switches alone).
+``bench_bayesian.py`` runs (Dirichlet: prior 0.5, Adam 1e-2 on the switches alone); ``--int8``
+adds both models' full-int8 accuracy on LiteRT.
 It writes ``benchmarks/out/explore/<method>_<kl-max>.json`` and never touches RESULTS.md:
 the table of record is ``bench_bayesian.py``.
 """
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--layer-scales", default="", help="KL weight factor per Bayesian layer, "
                         "e.g. 'conv1_bn=2,fc1_bn=0.3', or 'cost' (KLAnnealing(layer_scales=...))")
     parser.add_argument("--layer-kwargs", default="{}", help="JSON passed to bayesian.convert")
+    parser.add_argument("--int8", action="store_true",
+                        help="export the fine-tuned small model and the dense one to full int8 and measure both on LiteRT")
     args = parser.parse_args()
 
     import keras
@@ -53,13 +56,7 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "out" / "explore"
     out.mkdir(parents=True, exist_ok=True)
     data = common.load_data()
-    dense = common.compile_model(common.lenet())
-    cache = out / f"lenet_dense_{args.pretrain_epochs}ep.weights.h5"
-    if cache.exists():
-        dense.load_weights(cache)
-    else:
-        dense.fit(data.x_train, data.y_train, batch_size=128, epochs=args.pretrain_epochs, verbose=2)
-        dense.save_weights(cache)
+    dense = common.cached_dense_lenet(data, args.pretrain_epochs, out)
     history: list[dict] = []
 
     class Kept(keras.callbacks.Callback):
@@ -90,6 +87,10 @@ def main() -> None:
               "MACs": summary.macs, "bayesian train s": seconds, "history": history,
               "keras accuracy after 0..F fine-tuning epochs": accuracies,
               "dense pre-trained accuracy": round(common.keras_accuracy(dense, data), 4)}
+    if args.int8:
+        for name, model in (("small", small), ("dense", dense)):
+            row = common.export_row(f"explore {name}", model, data)
+            result[f"{name} int8 accuracy (LiteRT)"] = row["int8 accuracy (LiteRT)"]
     suffix = "".join(part for part, on in ((f"_keep{args.keep.replace('=', '').replace(',', '-')}", args.keep),
                                            (f"_distill{args.distill:g}", args.distill),
                                            (f"_scales{args.layer_scales.replace('=', '').replace(',', '-')}",
