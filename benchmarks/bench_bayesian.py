@@ -1,6 +1,8 @@
 """Bayesian structured pruning benchmark (issue 4): LeNet-5-Caffe on Fashion-MNIST, one run.
 
-    python benchmarks/bench_bayesian.py --pretrain-epochs 4 --epochs 6 --kl-max 1.0
+    python benchmarks/bench_bayesian.py --pretrain-epochs 25 --epochs 6 --finetune-epochs 15 --distill 4 \
+        --cosine --finetune-lr 3e-3 --kl-max 1.0 --method-kl vcp=1000 \
+        --keep conv1=6,conv2=13,fc1=55 --keep-methods dirichlet,sbp,bc
 
 Protocol: one dense model is pre-trained for ``--pretrain-epochs`` (Adam 1e-3, batch 128). Every
 Bayesian row converts it with ``tfcompress.bayesian.convert`` and trains ``--epochs`` more
@@ -10,7 +12,8 @@ ordinary model that is exported to full int8 and measured on LiteRT. ``--method-
 sets one method's beta; ``--finetune-epochs F`` trains each shrunk model F more epochs (plain
 Keras fit, the dense row trains F more too), and the table then shows the accuracy before
 fine-tuning beside it (``--distill T``: fine-tuning by distillation from the dense row; ``--cosine``:
-a cosine-decayed learning rate); VCP is always reported both without retraining and after it.
+a cosine-decayed learning rate; ``--finetune-lr``: its Adam learning rate); VCP is always reported
+both without retraining and after it.
 ``--keep conv1=5,conv2=15,fc1=45`` cuts the models of ``--keep-methods`` (default: dirichlet) to that
 sub-architecture by posterior importance (``bayesian.prune_to``, step 3 of Dirichlet pruning) instead of
 their thresholds.
