@@ -44,13 +44,14 @@ def parse_pairs(text: str, cast=float) -> dict:
     return {key: cast(value) for key, value in (item.split("=") for item in text.split(",") if item)}
 
 
-def lenet(seed: int = 0):
+def lenet(seed: int = 0, **widths: int):
+    """LeNet-5-Caffe freshly initialised from ``seed``; ``widths``: conv1, conv2, fc1 (``lenet5_caffe``)."""
     import keras
 
     from tfcompress.models import lenet5_caffe
 
     keras.utils.set_random_seed(seed)
-    return lenet5_caffe()
+    return lenet5_caffe(**widths)
 
 
 def compile_model(model, lr: float = 1e-3):
@@ -75,6 +76,20 @@ def cached_dense_lenet(data: Data, epochs: int, directory: Path, batch_size: int
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=2)
         model.save_weights(cache)
     return model
+
+
+def epoch_accuracies(model, data: Data, into: list, label: str | None = None):
+    """A callback appending ``model``'s Keras test accuracy to ``into`` after every epoch
+    (printed after ``label`` when one is given)."""
+    import keras
+
+    class EpochAccuracy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            into.append(round(keras_accuracy(model, data), 4))
+            if label:
+                print(f"{label} {epoch + 1}: {into[-1]}", flush=True)
+
+    return EpochAccuracy()
 
 
 def timed_fit(model, data: Data, epochs: int, batch_size: int = 128, callbacks=None) -> float:

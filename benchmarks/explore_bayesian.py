@@ -51,6 +51,7 @@ def main() -> None:
     import keras
 
     from tfcompress import bayesian
+    from tfcompress._io import write_text_atomic
     from tfcompress.metrics import summarize
 
     out = Path(__file__).resolve().parent / "out" / "explore"
@@ -74,15 +75,10 @@ def main() -> None:
     small, report, seconds = run.small, run.report, run.seconds
     summary = summarize(small)
     accuracies = [round(common.keras_accuracy(small, data), 4)]
-
-    class Accuracy(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            accuracies.append(round(common.keras_accuracy(small, data), 4))
-            print(f"fine-tuning epoch {epoch + 1}: {accuracies[-1]}", flush=True)
-
     common.fine_tune(small, data, args.finetune_epochs, teacher=dense if args.distill else None,
                      temperature=args.distill or 4.0, cosine=args.cosine, lr=args.finetune_lr,
-                     callbacks=[Accuracy()], verbose=0)
+                     callbacks=[common.epoch_accuracies(small, data, accuracies, "fine-tuning epoch")],
+                     verbose=0)
     result = {"command": " ".join(sys.argv), "structure": report.structure(), "params": summary.params,
               "MACs": summary.macs, "bayesian train s": seconds, "history": history,
               "keras accuracy after 0..F fine-tuning epochs": accuracies,
@@ -96,7 +92,7 @@ def main() -> None:
                                            (f"_scales{args.layer_scales.replace('=', '').replace(',', '-')}",
                                             args.layer_scales), ("_cosine", args.cosine),
                                            (f"_lr{args.finetune_lr:g}", args.finetune_lr != 1e-3)) if on)
-    (out / f"{args.method}_{args.kl_max:g}{suffix}.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(out / f"{args.method}_{args.kl_max:g}{suffix}.json", json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 
 

@@ -25,24 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-def lenet_widths(conv1: int, conv2: int, fc1: int, seed: int = 0):
-    """LeNet-5-Caffe (``tfcompress.models.lenet5_caffe``) with other widths, freshly initialised."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    layers = keras.layers
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(conv1, 5, activation="relu", name="conv1"),
-        layers.MaxPooling2D(2, name="pool1"),
-        layers.Conv2D(conv2, 5, activation="relu", name="conv2"),
-        layers.MaxPooling2D(2, name="pool2"),
-        layers.Flatten(name="flatten"),
-        layers.Dense(fc1, activation="relu", name="fc1"),
-        layers.Dense(10, name="logits"),
-    ], name=f"lenet5_caffe_{conv1}_{conv2}_{fc1}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("widths", nargs="+", help="conv1-conv2-fc1, e.g. 6-12-60")
@@ -58,8 +40,7 @@ def main() -> None:
     if not specs or any(len(spec) != 3 or min(spec) < 1 for spec in specs):
         parser.error(f"widths must be three positive integers joined by '-', e.g. 6-12-60; got {args.widths}")
 
-    import keras
-
+    from tfcompress._io import write_text_atomic
     from tfcompress.metrics import summarize
 
     out = Path(__file__).resolve().parent / "out" / "explore"
@@ -69,26 +50,21 @@ def main() -> None:
     dense = summarize(teacher)
     result = {"command": " ".join(sys.argv), "teacher accuracy": round(common.keras_accuracy(teacher, data), 4),
               "dense params": dense.params, "dense MACs": dense.macs, "widths": {}}
-    for spec in specs:
-        model = common.compile_model(lenet_widths(*spec))
+    for conv1, conv2, fc1 in specs:
+        model = common.compile_model(common.lenet(conv1=conv1, conv2=conv2, fc1=fc1))
         summary = summarize(model)
         accuracies: list[float] = []
-
-        class Accuracy(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None, model=model, accuracies=accuracies):
-                accuracies.append(round(common.keras_accuracy(model, data), 4))
-
         started = time.perf_counter()
         common.fine_tune(model, data, args.epochs, teacher=teacher, temperature=args.temperature, cosine=True,
-                         lr=args.lr, callbacks=[Accuracy()], verbose=0)
+                         lr=args.lr, callbacks=[common.epoch_accuracies(model, data, accuracies)], verbose=0)
         row = {"params": summary.params, "MACs": summary.macs,
                "params ratio": round(dense.params / summary.params, 2),
                "MACs ratio": round(dense.macs / summary.macs, 2),
                "keras accuracy after each epoch": accuracies, "seconds": round(time.perf_counter() - started)}
-        result["widths"]["-".join(map(str, spec))] = row
-        print("-".join(map(str, spec)), json.dumps(row), flush=True)
+        result["widths"][f"{conv1}-{conv2}-{fc1}"] = row
+        print(f"{conv1}-{conv2}-{fc1}", json.dumps(row), flush=True)
     name = "budget_" + "_".join(args.widths) + f"_{args.epochs}ep.json"
-    (out / name).write_text(json.dumps(result, indent=1))
+    write_text_atomic(out / name, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,14 @@ def test_lenet5_caffe_other_shapes():
     assert model.get_layer("fc1").kernel.shape == (5 * 5 * 50, 500)
 
 
+def test_lenet5_caffe_other_widths():
+    # the 6-13-55 sub-architecture of the Bayesian benchmark: 30.4x fewer parameters than 431,080
+    model = lenet5_caffe(conv1=6, conv2=13, fc1=55)
+    assert [model.get_layer(name).kernel.shape[-1] for name in ("conv1", "conv2", "fc1")] == [6, 13, 55]
+    assert model.count_params() == (5 * 5 * 1 * 6 + 6) + (5 * 5 * 6 * 13 + 13) + (4 * 4 * 13 * 55 + 55) + (55 * 10 + 10)
+    assert model.count_params() == 14_174
+
+
 def test_residual_cnn_has_required_layers_and_predicts():
     model = residual_cnn()
     kinds = {type(layer).__name__ for layer in model.layers}

@@ -27,8 +27,15 @@ def lenet5_caffe(
     input_shape: tuple[int, int, int] = (28, 28, 1),
     num_classes: int = 10,
     name: str = "lenet5_caffe",
+    *,
+    conv1: int = 20,
+    conv2: int = 50,
+    fc1: int = 500,
 ) -> keras.Sequential:
     """LeNet-5-Caffe: conv 20@5x5, max-pool 2, conv 50@5x5, max-pool 2, dense 500, dense classes.
+
+    ``conv1``, ``conv2`` and ``fc1`` set other widths, e.g. the sub-architecture a pruning method
+    cuts to, trained from scratch as its capacity control.
 
     Both convolutions are ``valid`` with ReLU, as in Caffe's ``lenet.prototxt`` (whose
     reference network puts ReLU only after ``ip1``; the ReLU after the convolutions follows
@@ -41,12 +48,12 @@ def lenet5_caffe(
     return keras.Sequential(
         [
             keras.Input(shape=tuple(input_shape)),
-            layers.Conv2D(20, 5, padding="valid", activation="relu", name="conv1"),
+            layers.Conv2D(conv1, 5, padding="valid", activation="relu", name="conv1"),
             layers.MaxPooling2D(2, name="pool1"),
-            layers.Conv2D(50, 5, padding="valid", activation="relu", name="conv2"),
+            layers.Conv2D(conv2, 5, padding="valid", activation="relu", name="conv2"),
             layers.MaxPooling2D(2, name="pool2"),
             layers.Flatten(name="flatten"),
-            layers.Dense(500, activation="relu", name="fc1"),
+            layers.Dense(fc1, activation="relu", name="fc1"),
             layers.Dense(num_classes, name="logits"),
         ],
         name=name,
