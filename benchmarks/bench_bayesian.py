@@ -17,6 +17,9 @@ both without retraining and after it.
 ``--keep conv1=5,conv2=15,fc1=45`` cuts the models of ``--keep-methods`` (default: dirichlet) to that
 sub-architecture by posterior importance (``bayesian.prune_to``, step 3 of Dirichlet pruning) instead of
 their thresholds.
+``--start dense-row`` converts the dense row's trained model instead of the pre-training checkpoint
+(every compressed row then starts from the model the first row reports); ``--cache-pretrained``
+reuses the pre-training checkpoint ``explore_bayesian.py`` caches.
 ``--cost-scales vcp`` weighs each layer's KL by what its channels cost in MACs and parameters
 (``KLAnnealing(layer_scales="cost")``, recomputed every epoch). The magnitude row prunes 70% of channels with the issue-3 flow
 (prune / UpdatePruning / strip / shrink) over the same epochs. Latencies: one interleaved
@@ -66,6 +69,13 @@ def main() -> None:
     parser.add_argument("--cost-scales", default="",
                         help="methods whose KL weight per layer follows the cost of its channels, e.g. 'vcp' "
                              "(KLAnnealing(layer_scales='cost'), bayesian.cost_scales)")
+    parser.add_argument("--start", choices=["pretrained", "dense-row"], default="pretrained",
+                        help="the model every compressed row converts: the dense pre-training checkpoint, or the "
+                             "dense row's fully trained model (what a user compresses)")
+    parser.add_argument("--cache-pretrained", action="store_true",
+                        help="load the --pretrain-epochs checkpoint from benchmarks/out/explore when an earlier run "
+                             "(this one or explore_bayesian.py) trained it with the same protocol; train and cache it "
+                             "otherwise (ignored with --limit)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--limit", type=int, default=None)
@@ -107,8 +117,13 @@ def main() -> None:
         common.fine_tune(model, data, epochs, teacher=teacher, temperature=args.distill, cosine=args.cosine,
                          lr=args.finetune_lr, batch_size=args.batch_size)
         return before, round(time.perf_counter() - started)
-    dense = common.compile_model(common.lenet())
-    dense.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.pretrain_epochs, verbose=2)
+    if args.cache_pretrained and args.limit is None:  # the cache holds full-data models only
+        cache = Path(__file__).resolve().parent / "out" / "explore"
+        cache.mkdir(parents=True, exist_ok=True)
+        dense = common.cached_dense_lenet(data, args.pretrain_epochs, cache, batch_size=args.batch_size)
+    else:
+        dense = common.compile_model(common.lenet())
+        dense.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.pretrain_epochs, verbose=2)
     pretrained = dense.get_weights()
 
     def fresh():
@@ -134,6 +149,9 @@ def main() -> None:
         "channels": kept(base_report), "train s": round(time.perf_counter() - started)}))
     if args.distill:
         teacher = baseline
+    if args.start == "dense-row":
+        # compress the model the dense row reports, as a user compresses their trained model
+        pretrained = baseline.get_weights()
 
     schedule = PolynomialDecay(0.0, 0.7, begin_step=0, end_step=int(0.6 * steps), frequency=100)
     pruned = common.compile_model(tfcompress.prune(fresh(), schedule=schedule, granularity="channel"))
@@ -192,7 +210,12 @@ def main() -> None:
     published_rows = [{"model": p["model"], "note": f"error {p['error %']}%, {p['params']:,} params, "
                        f"{p['FLOPs']:,} FLOPs (published MNIST figure, not ours)"} for p in PUBLISHED]
     notes = [
-        f"{args.pretrain_epochs} dense pre-training epochs, then {args.epochs} epochs per row"
+        f"{args.pretrain_epochs} dense pre-training epochs"
+        + (" (loaded from benchmarks/out/explore when an earlier run of the same protocol cached them)"
+           if args.cache_pretrained else "")
+        + (f"; every compressed row starts from the dense row's trained model ({args.pretrain_epochs} + "
+           f"{args.epochs} + {finetune} epochs, its accuracy in the first row)" if args.start == "dense-row" else "")
+        + f", then {args.epochs} epochs per row"
         + (f" and {finetune} epochs of fine-tuning of the shrunk model"
            + (f" by distillation from the dense row (temperature {args.distill:g}, alpha 0.1)" if args.distill
               else " on the labels")
@@ -223,7 +246,8 @@ def main() -> None:
                    extra={"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "kl_max": args.kl_max,
                           "method_kl": betas, "finetune_epochs": finetune, "distill_temperature": args.distill,
                           "cosine": args.cosine, "finetune_lr": args.finetune_lr, "keep": keep_target, "keep_methods": sorted(keep_methods),
-                          "cost_scales": sorted(cost_scaled)})
+                          "cost_scales": sorted(cost_scaled), "start": args.start,
+                          "cache_pretrained": args.cache_pretrained})
     print(harness.table(columns, rows + published_rows))
     print("\n".join(notes))
 
