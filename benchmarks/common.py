@@ -173,29 +173,33 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
     return BayesianRun(model, compile_model(small), report, seconds)
 
 
-def augmented(data: Data, batch_size: int = 128, seed: int = 0):
-    """Shuffled training batches, each image flipped left-right at random and shifted by up to 2
-    pixels (Fashion-MNIST's garments are left-right symmetric classes). Teacher and student see the
+def augmented(data: Data, batch_size: int = 128, seed: int = 0, shift: int = 2):
+    """Shuffled training batches, each image flipped left-right at random and shifted by up to
+    ``shift`` whole pixels (0: flips only; Fashion-MNIST's garments are left-right symmetric classes). Teacher and student see the
     same augmented batch when distilling: Beyer et al. 2022 ("Knowledge distillation: A good teacher
     is patient and consistent") match the teacher's function on such views, which keep giving soft
     targets after the teacher has memorised the training images themselves."""
     import keras
     import tensorflow as tf
 
-    views = keras.Sequential([keras.layers.RandomFlip("horizontal", seed=seed),
-                              keras.layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant", seed=seed)])
+    # nearest: whole-pixel shifts (bilinear would also blur each shifted image); distinct seeds, or
+    # the flips and the shifts would be drawn from one stream
+    views = keras.Sequential([keras.layers.RandomFlip("horizontal", seed=seed)])
+    if shift:
+        views.add(keras.layers.RandomTranslation(shift / 28, shift / 28, fill_mode="constant",
+                                                 interpolation="nearest", seed=seed + 1))
     dataset = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
     dataset = dataset.shuffle(len(data.x_train), seed=seed).batch(batch_size)
     return dataset.map(lambda x, y: (views(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
 def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: float = 4.0, alpha: float = 0.1,
-              batch_size: int = 128, lr: float = 1e-3, cosine: bool = False, augment: bool = False, callbacks=(),
-              verbose: int = 2) -> None:
+              batch_size: int = 128, lr: float = 1e-3, cosine: bool = False, augment: bool = False,
+              augment_shift: int = 2, callbacks=(), verbose: int = 2) -> None:
     """Train ``model`` ``epochs`` more (Adam ``lr``, decayed to 0 along a cosine with ``cosine``),
     on the labels, or with a ``teacher`` by knowledge distillation from it
     (``tfcompress.distillation.Distiller``, Hinton et al. 2015); with ``augment`` on flipped and
-    shifted views (:func:`augmented`). ``model`` ends compiled (constant lr)."""
+    shifted views (:func:`augmented`, up to ``augment_shift`` pixels). ``model`` ends compiled (constant lr)."""
     import keras
 
     if not epochs:
@@ -211,7 +215,7 @@ def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: floa
         trainer = Distiller(model, teacher, temperature=temperature, alpha=alpha)
     compile_model(trainer, rate)
     if augment:
-        trainer.fit(augmented(data, batch_size), epochs=epochs, verbose=verbose, callbacks=list(callbacks))
+        trainer.fit(augmented(data, batch_size, shift=augment_shift), epochs=epochs, verbose=verbose, callbacks=list(callbacks))
     else:
         trainer.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
                     callbacks=list(callbacks))

@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--augment", action="store_true",
                         help="fine-tune on flipped and shifted views (common.augmented; with --distill the teacher "
                              "sees the same views)")
+    parser.add_argument("--augment-shift", type=int, default=2, help="with --augment: largest shift in whole "
+                        "pixels (0: left-right flips only)")
     parser.add_argument("--layer-scales", default="", help="KL weight factor per Bayesian layer, "
                         "e.g. 'conv1_bn=2,fc1_bn=0.3', or 'cost' (KLAnnealing(layer_scales=...))")
     parser.add_argument("--layer-kwargs", default="{}", help="JSON passed to bayesian.convert")
@@ -80,6 +82,7 @@ def main() -> None:
     accuracies = [round(common.keras_accuracy(small, data), 4)]
     common.fine_tune(small, data, args.finetune_epochs, teacher=dense if args.distill else None,
                      temperature=args.distill or 4.0, cosine=args.cosine, lr=args.finetune_lr, augment=args.augment,
+                     augment_shift=args.augment_shift,
                      callbacks=[common.epoch_accuracies(small, data, accuracies, "fine-tuning epoch")],
                      verbose=0)
     result = {"command": " ".join(sys.argv), "structure": report.structure(), "params": summary.params,
@@ -93,7 +96,7 @@ def main() -> None:
     suffix = "".join(part for part, on in ((f"_keep{args.keep.replace('=', '').replace(',', '-')}", args.keep),
                                            (f"_distill{args.distill:g}", args.distill),
                                            (f"_scales{args.layer_scales.replace('=', '').replace(',', '-')}",
-                                            args.layer_scales), ("_cosine", args.cosine), ("_augment", args.augment),
+                                            args.layer_scales), ("_cosine", args.cosine), (f"_augment{args.augment_shift}", args.augment),
                                            (f"_lr{args.finetune_lr:g}", args.finetune_lr != 1e-3)) if on)
     write_text_atomic(out / f"{args.method}_{args.kl_max:g}{suffix}.json", json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
