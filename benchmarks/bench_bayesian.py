@@ -117,13 +117,9 @@ def main() -> None:
         common.fine_tune(model, data, epochs, teacher=teacher, temperature=args.distill, cosine=args.cosine,
                          lr=args.finetune_lr, batch_size=args.batch_size)
         return before, round(time.perf_counter() - started)
-    if args.cache_pretrained and args.limit is None:  # the cache holds full-data models only
-        cache = Path(__file__).resolve().parent / "out" / "explore"
-        cache.mkdir(parents=True, exist_ok=True)
-        dense = common.cached_dense_lenet(data, args.pretrain_epochs, cache, batch_size=args.batch_size)
-    else:
-        dense = common.compile_model(common.lenet())
-        dense.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.pretrain_epochs, verbose=2)
+    # the cache holds full-data models only
+    cache = common.EXPLORE_DIR if args.cache_pretrained and args.limit is None else None
+    dense = common.cached_dense_lenet(data, args.pretrain_epochs, cache, batch_size=args.batch_size)
     pretrained = dense.get_weights()
 
     def fresh():

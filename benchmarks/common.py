@@ -17,6 +17,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# explorations' JSON and the dense checkpoints they share (cached_dense_lenet); not results of record
+EXPLORE_DIR = Path(__file__).resolve().parent / "out" / "explore"
+
 
 @dataclass
 class Data:
@@ -65,15 +68,17 @@ def compile_model(model, lr: float = 1e-3):
     return model
 
 
-def cached_dense_lenet(data: Data, epochs: int, directory: Path, batch_size: int = 128):
-    """LeNet-5-Caffe trained ``epochs`` epochs (Adam 1e-3), its weights cached in ``directory``
-    so that explorations started from the same dense model train it once."""
+def cached_dense_lenet(data: Data, epochs: int, directory: Path | None = EXPLORE_DIR, batch_size: int = 128):
+    """LeNet-5-Caffe trained ``epochs`` epochs (Adam 1e-3, seed 0), its weights cached in ``directory``
+    so that runs started from the same dense model train it once; ``directory=None``: no cache."""
     model = compile_model(lenet())
-    cache = directory / f"lenet_dense_{epochs}ep.weights.h5"
-    if cache.exists():
+    cache = directory / f"lenet_dense_{epochs}ep.weights.h5" if directory is not None else None
+    if cache is not None and cache.exists():
         model.load_weights(cache)
-    else:
-        model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=2)
+        return model
+    model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=2)
+    if cache is not None:
+        directory.mkdir(parents=True, exist_ok=True)
         model.save_weights(cache)
     return model
 
@@ -194,12 +199,12 @@ def augmented(data: Data, batch_size: int = 128, seed: int = 0, shift: int = 2):
 
 
 def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: float = 4.0, alpha: float = 0.1,
-              batch_size: int = 128, lr: float = 1e-3, cosine: bool = False, augment: bool = False,
-              augment_shift: int = 2, callbacks=(), verbose: int = 2) -> None:
+              batch_size: int = 128, lr: float = 1e-3, cosine: bool = False, augment_shift: int | None = None,
+              callbacks=(), verbose: int = 2) -> None:
     """Train ``model`` ``epochs`` more (Adam ``lr``, decayed to 0 along a cosine with ``cosine``),
     on the labels, or with a ``teacher`` by knowledge distillation from it
-    (``tfcompress.distillation.Distiller``, Hinton et al. 2015); with ``augment`` on flipped and
-    shifted views (:func:`augmented`, up to ``augment_shift`` pixels). ``model`` ends compiled (constant lr)."""
+    (``tfcompress.distillation.Distiller``, Hinton et al. 2015); with ``augment_shift`` (pixels, 0: flips
+    only) on flipped and shifted views (:func:`augmented`). ``model`` ends compiled (constant lr)."""
     import keras
 
     if not epochs:
@@ -214,7 +219,7 @@ def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: floa
 
         trainer = Distiller(model, teacher, temperature=temperature, alpha=alpha)
     compile_model(trainer, rate)
-    if augment:
+    if augment_shift is not None:
         trainer.fit(augmented(data, batch_size, shift=augment_shift), epochs=epochs, verbose=verbose, callbacks=list(callbacks))
     else:
         trainer.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,

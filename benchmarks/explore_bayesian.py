@@ -59,10 +59,10 @@ def main() -> None:
     from tfcompress._io import write_text_atomic
     from tfcompress.metrics import summarize
 
-    out = Path(__file__).resolve().parent / "out" / "explore"
+    out = common.EXPLORE_DIR
     out.mkdir(parents=True, exist_ok=True)
     data = common.load_data()
-    dense = common.cached_dense_lenet(data, args.pretrain_epochs, out)
+    dense = common.cached_dense_lenet(data, args.pretrain_epochs)
     history: list[dict] = []
 
     class Kept(keras.callbacks.Callback):
@@ -81,8 +81,8 @@ def main() -> None:
     summary = summarize(small)
     accuracies = [round(common.keras_accuracy(small, data), 4)]
     common.fine_tune(small, data, args.finetune_epochs, teacher=dense if args.distill else None,
-                     temperature=args.distill or 4.0, cosine=args.cosine, lr=args.finetune_lr, augment=args.augment,
-                     augment_shift=args.augment_shift,
+                     temperature=args.distill or 4.0, cosine=args.cosine, lr=args.finetune_lr,
+                     augment_shift=args.augment_shift if args.augment else None,
                      callbacks=[common.epoch_accuracies(small, data, accuracies, "fine-tuning epoch")],
                      verbose=0)
     result = {"command": " ".join(sys.argv), "structure": report.structure(), "params": summary.params,

@@ -43,10 +43,10 @@ def main() -> None:
     from tfcompress._io import write_text_atomic
     from tfcompress.metrics import summarize
 
-    out = Path(__file__).resolve().parent / "out" / "explore"
+    out = common.EXPLORE_DIR
     out.mkdir(parents=True, exist_ok=True)
     data = common.load_data()
-    teacher = common.cached_dense_lenet(data, args.teacher_epochs, out)
+    teacher = common.cached_dense_lenet(data, args.teacher_epochs)
     dense = summarize(teacher)
     result = {"command": " ".join(sys.argv), "teacher accuracy": round(common.keras_accuracy(teacher, data), 4),
               "dense params": dense.params, "dense MACs": dense.macs, "widths": {}}
