@@ -3,10 +3,12 @@
     python benchmarks/explore_finetune.py --temperature 2
     python benchmarks/explore_finetune.py --ema 0.999 --threads 1
 
-The ``--method`` model (SBP by default) cut to ``--keep`` (``common.train_bayesian``: 6 epochs
-from the dense model) is trained once per dense model and cached in ``benchmarks/out/explore``; every call then fine-tunes
-a copy of that same small model by distillation from the same dense teacher, so two settings
-differ by the setting alone and not by a different Bayesian run. The dense model is the 25-epoch
+The ``--method`` model (SBP by default) cut to ``--keep`` (``common.train_bayesian``:
+``--bayesian-epochs``, 6 by default, at KL weight ``--beta``, from the dense model; the channels
+its own threshold keeps are printed after every epoch) is trained once per setting and cached in
+``benchmarks/out/explore``; every call then fine-tunes a copy of that same small model by
+distillation from the same dense teacher, so two settings differ by the setting alone and not by
+a different Bayesian run. The dense model is the 25-epoch
 checkpoint (``--dense pretrained``, the protocol of explore_bayesian.py) or, with ``--dense
 dense-row``, that checkpoint trained on as bench_bayesian.py trains its dense row (6 epochs at
 Adam 1e-3, then 15 along a cosine from 3e-3), optionally on flipped views
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--method", default="sbp", choices=["vcp", "dirichlet", "sbp", "sparse_vd", "bc"])
     parser.add_argument("--keep", default="conv1=6,conv2=13,fc1=55")
     parser.add_argument("--beta", type=float, default=1.0, help="KL weight of the Bayesian phase (KLAnnealing)")
+    parser.add_argument("--bayesian-epochs", type=int, default=6, help="epochs of the Bayesian phase")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
@@ -86,6 +89,7 @@ def main() -> None:
     import keras
     import numpy as np
 
+    from tfcompress import bayesian
     from tfcompress._io import write_text_atomic
     from tfcompress.distillation import Distiller
 
@@ -100,10 +104,17 @@ def main() -> None:
         dense = dense_row(dense, data, out / f"lenet_{dense_name}.weights.h5", args.dense_augment_shift,
                           args.dense_label_smoothing)
     keep = common.parse_pairs(args.keep, int)
-    cut_path = out / (f"{args.method}{'' if args.beta == 1 else f'{args.beta:g}'}_cut_"
+    cut_path = out / (f"{args.method}{'' if args.beta == 1 else f'{args.beta:g}'}"
+                      f"{'' if args.bayesian_epochs == 6 else f'_{args.bayesian_epochs}ep'}_cut_"
                       f"{'-'.join(str(v) for v in keep.values())}_{dense_name}.keras")
     if not cut_path.exists():
-        run = common.train_bayesian(dense, args.method, data, epochs=6, beta=args.beta, keep=keep, verbose=2)
+        class Kept(keras.callbacks.Callback):  # before prune_to: what the method's own threshold keeps
+            def on_epoch_end(self, epoch, logs=None):
+                print(f"epoch {epoch + 1} kept:", {name: s["kept"] for name, s in
+                                                    bayesian.structure(self.model).items()}, flush=True)
+
+        run = common.train_bayesian(dense, args.method, data, epochs=args.bayesian_epochs, beta=args.beta,
+                                    keep=keep, callbacks=[Kept()], verbose=2)
         run.small.save(cut_path)
     small = keras.saving.load_model(cut_path)
 

@@ -177,6 +177,15 @@ def test_keep_override_and_nothing_to_remove():
         shrink(model, keep={"zzz": np.ones(3, bool)})
 
 
+def test_fully_pruned_layer_is_a_clear_error():
+    model = lenet_like()
+    dense = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dense))
+    zero_channels(dense, list(range(dense.units)))  # every unit of the first Dense pruned
+    with pytest.raises(TfcompressError, match="no output channel") as info:
+        shrink(model)
+    assert "prune less" in str(info.value)
+
+
 def test_untraceable_layer_is_named():
     inp = keras.Input((6, 6, 2))
     h = keras.layers.Conv2D(4, 3, name="conv")(inp)

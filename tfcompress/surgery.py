@@ -572,6 +572,16 @@ def _rebuild(nodes, inputs, tensors, planner: _Planner, removed: set[int]):
             if "bias" in weights:
                 new_weights["bias"] = weights["bias"][keep_out]
         elif _is_plain(layer, (*_DENSE, *_CONV, *_SEPARABLE)) and producer:
+            if not keep_out.any():
+                # Keras rejects a layer of 0 units / filters; the cause may be a later layer that
+                # keeps none of its inputs (a fully pruned Dense cuts every path to the output)
+                raise TfcompressError(
+                    f"shrink would leave {layer.name!r} with no output channel: none of its channels is "
+                    "live and read on a path to the model's output",
+                    f"layer {layer.name!r}",
+                    "a layer on that path has every channel pruned (zero or masked kernel, or below its "
+                    "Bayesian threshold); prune less (a lower sparsity or KL weight), or choose the channels "
+                    "to keep per layer (bayesian.prune_to, shrink(keep=...))")
             kin = keep_in[0]
             const_in = planner.const[node.inputs[0]]
             foldable = _folds_constants(layer)
