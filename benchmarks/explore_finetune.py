@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--keep", default="conv1=6,conv2=13,fc1=55")
     parser.add_argument("--beta", type=float, default=1.0, help="KL weight of the Bayesian phase (KLAnnealing)")
     parser.add_argument("--bayesian-epochs", type=int, default=6, help="epochs of the Bayesian phase")
+    parser.add_argument("--stop-after", type=int, default=0,
+                        help="end the Bayesian phase after this epoch, its KL warm-up still planned over "
+                             "--bayesian-epochs (0: run them all)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
@@ -105,13 +108,16 @@ def main() -> None:
                           args.dense_label_smoothing)
     keep = common.parse_pairs(args.keep, int)
     cut_path = out / (f"{args.method}{'' if args.beta == 1 else f'{args.beta:g}'}"
-                      f"{'' if args.bayesian_epochs == 6 else f'_{args.bayesian_epochs}ep'}_cut_"
+                      f"{'' if args.bayesian_epochs == 6 else f'_{args.bayesian_epochs}ep'}"
+                      f"{f'_stop{args.stop_after}' if args.stop_after else ''}_cut_"
                       f"{'-'.join(str(v) for v in keep.values())}_{dense_name}.keras")
     if not cut_path.exists():
         class Kept(keras.callbacks.Callback):  # before prune_to: what the method's own threshold keeps
             def on_epoch_end(self, epoch, logs=None):
                 print(f"epoch {epoch + 1} kept:", {name: s["kept"] for name, s in
                                                     bayesian.structure(self.model).items()}, flush=True)
+                if epoch + 1 == args.stop_after:
+                    self.model.stop_training = True
 
         run = common.train_bayesian(dense, args.method, data, epochs=args.bayesian_epochs, beta=args.beta,
                                     keep=keep, callbacks=[Kept()], verbose=2)
