@@ -57,11 +57,13 @@ def lenet(seed: int = 0, **widths: int):
     return lenet5_caffe(**widths)
 
 
-def compile_model(model, lr: float = 1e-3):
+def compile_model(model, lr: float = 1e-3, ema_momentum: float = 0.0):
+    """Adam ``lr``; with ``ema_momentum`` > 0 it keeps a moving average of the weights, which
+    ``fit`` writes into the model when it ends."""
     import keras
 
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=keras.optimizers.Adam(lr, use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -81,6 +83,22 @@ def cached_dense_lenet(data: Data, epochs: int, directory: Path | None = EXPLORE
         directory.mkdir(parents=True, exist_ok=True)
         model.save_weights(cache)
     return model
+
+
+def kept_channels(into: list):
+    """A callback appending, after every epoch, the channels each Bayesian layer of the model in
+    training keeps by its own threshold (``bayesian.structure``) and the loss to ``into``; printed."""
+    import keras
+
+    from tfcompress import bayesian
+
+    class KeptChannels(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            kept = {name: s["kept"] for name, s in bayesian.structure(self.model).items()}
+            into.append({"epoch": epoch + 1, "kept": kept, "loss": round(float(logs["loss"]), 4)})
+            print(into[-1], flush=True)
+
+    return KeptChannels()
 
 
 def epoch_accuracies(model, data: Data, into: list, label: str | None = None):
@@ -200,11 +218,12 @@ def augmented(data: Data, batch_size: int = 128, seed: int = 0, shift: int = 2):
 
 def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: float = 4.0, alpha: float = 0.1,
               batch_size: int = 128, lr: float = 1e-3, cosine: bool = False, augment_shift: int | None = None,
-              callbacks=(), verbose: int = 2) -> None:
+              ema_momentum: float = 0.0, callbacks=(), verbose: int = 2) -> None:
     """Train ``model`` ``epochs`` more (Adam ``lr``, decayed to 0 along a cosine with ``cosine``),
     on the labels, or with a ``teacher`` by knowledge distillation from it
     (``tfcompress.distillation.Distiller``, Hinton et al. 2015); with ``augment_shift`` (pixels, 0: flips
-    only) on flipped and shifted views (:func:`augmented`). ``model`` ends compiled (constant lr)."""
+    only) on flipped and shifted views (:func:`augmented`); with ``ema_momentum`` it ends on the moving
+    average of its weights (:func:`compile_model`). ``model`` ends compiled (constant lr)."""
     import keras
 
     if not epochs:
@@ -218,7 +237,7 @@ def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: floa
         from tfcompress.distillation import Distiller
 
         trainer = Distiller(model, teacher, temperature=temperature, alpha=alpha)
-    compile_model(trainer, rate)
+    compile_model(trainer, rate, ema_momentum)
     if augment_shift is not None:
         trainer.fit(augmented(data, batch_size, shift=augment_shift), epochs=epochs, verbose=verbose, callbacks=list(callbacks))
     else:

@@ -53,9 +53,6 @@ def main() -> None:
                         help="export the fine-tuned small model and the dense one to full int8 and measure both on LiteRT")
     args = parser.parse_args()
 
-    import keras
-
-    from tfcompress import bayesian
     from tfcompress._io import write_text_atomic
     from tfcompress.metrics import summarize
 
@@ -64,15 +61,8 @@ def main() -> None:
     data = common.load_data()
     dense = common.cached_dense_lenet(data, args.pretrain_epochs)
     history: list[dict] = []
-
-    class Kept(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            kept = {name: s["kept"] for name, s in bayesian.structure(self.model).items()}
-            history.append({"epoch": epoch + 1, "kept": kept, "loss": round(float(logs["loss"]), 4)})
-            print(history[-1], flush=True)
-
     run = common.train_bayesian(dense, args.method, data, epochs=args.epochs, beta=args.kl_max, lr=args.lr,
-                                tau=args.tau, theta=args.theta, callbacks=[Kept()], verbose=0,
+                                tau=args.tau, theta=args.theta, callbacks=[common.kept_channels(history)], verbose=0,
                                 layer_kwargs=json.loads(args.layer_kwargs),
                                 keep=common.parse_pairs(args.keep, int),
                                 layer_scales=(args.layer_scales if args.layer_scales == "cost"

@@ -38,10 +38,10 @@ def dense_row(pretrained, data, cache: Path, augment_shift: int | None, label_sm
     import numpy as np
 
     model = common.lenet()
-    model.set_weights(pretrained.get_weights())
     if cache.exists():
         model.load_weights(cache)
         return common.compile_model(model)
+    model.set_weights(pretrained.get_weights())
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
     y_train = keras.utils.to_categorical(data.y_train, 10)
     steps = int(np.ceil(len(data.x_train) / 128)) * 15
@@ -90,11 +90,8 @@ def main() -> None:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     import keras
-    import numpy as np
 
-    from tfcompress import bayesian
     from tfcompress._io import write_text_atomic
-    from tfcompress.distillation import Distiller
 
     out = common.EXPLORE_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -112,39 +109,31 @@ def main() -> None:
                       f"{f'_stop{args.stop_after}' if args.stop_after else ''}_cut_"
                       f"{'-'.join(str(v) for v in keep.values())}_{dense_name}.keras")
     if not cut_path.exists():
-        class Kept(keras.callbacks.Callback):  # before prune_to: what the method's own threshold keeps
+        class StopAfter(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                print(f"epoch {epoch + 1} kept:", {name: s["kept"] for name, s in
-                                                    bayesian.structure(self.model).items()}, flush=True)
                 if epoch + 1 == args.stop_after:
                     self.model.stop_training = True
 
+        # before prune_to: what the method's own threshold keeps
         run = common.train_bayesian(dense, args.method, data, epochs=args.bayesian_epochs, beta=args.beta,
-                                    keep=keep, callbacks=[Kept()], verbose=2)
+                                    keep=keep, callbacks=[common.kept_channels([]), StopAfter()], verbose=2)
         run.small.save(cut_path)
-    small = keras.saving.load_model(cut_path)
+    small = common.compile_model(keras.saving.load_model(cut_path))
 
     keras.utils.set_random_seed(args.seed)
-    steps = int(np.ceil(len(data.x_train) / args.batch_size)) * args.epochs
-    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps),
-                                      use_ema=args.ema > 0, ema_momentum=args.ema or 0.99)
-    trainer = Distiller(small, dense, temperature=args.temperature, alpha=args.alpha)
-    trainer.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
-    accuracies = [round(common.keras_accuracy(common.compile_model(small), data), 4)]
+    accuracies = [round(common.keras_accuracy(small, data), 4)]
     started = time.perf_counter()
-    trainer.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
-                callbacks=[common.epoch_accuracies(small, data, accuracies, "epoch")])
+    common.fine_tune(small, data, args.epochs, teacher=dense, temperature=args.temperature, alpha=args.alpha,
+                     batch_size=args.batch_size, lr=args.lr, cosine=True, ema_momentum=args.ema,
+                     callbacks=[common.epoch_accuracies(small, data, accuracies, "epoch")], verbose=0)
     seconds = round(time.perf_counter() - started)
-    common.compile_model(small)
-    # with use_ema, fit ends by writing the averaged weights into the model (finalize_variable_values)
-    final = round(common.keras_accuracy(small, data), 4)
+    # with --ema, fit ends by writing the averaged weights into the model: "keras accuracy" is theirs
     row = common.export_row("explore", small, data)
     setting = (f"{cut_path.stem}_T{args.temperature:g}_a{args.alpha:g}_lr{args.lr:g}_e{args.epochs}_b{args.batch_size}"
                f"_ema{args.ema:g}_s{args.seed}")
     result = {"command": " ".join(sys.argv), "setting": setting, "cut model": cut_path.name,
-              "dense keras accuracy": round(common.keras_accuracy(common.compile_model(dense), data), 4),
-              "keras accuracy after 0..E epochs": accuracies, "final keras accuracy": final,
+              "dense keras accuracy": round(common.keras_accuracy(dense, data), 4),
+              "keras accuracy after 0..E epochs": accuracies, "final keras accuracy": row["keras accuracy"],
               "int8 accuracy (LiteRT)": row["int8 accuracy (LiteRT)"], "fine-tuning s": seconds}
     write_text_atomic(out / f"finetune_{setting}.json", json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
