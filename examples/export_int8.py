@@ -21,13 +21,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default="build")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N training and test images "
+                        "(a quick check that the flow runs; 0: all)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     (x_train, y_train), (x_test, y_test) = tfcompress.datasets.fashion_mnist()
+    if args.limit:
+        x_train, y_train, x_test, y_test = x_train[:args.limit], y_train[:args.limit], x_test[:args.limit], y_test[:args.limit]
     model = tfcompress.models.lenet5_caffe()
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=128, verbose=2)
 
     report = to_tflite(model, out / "lenet.tflite", "int8", representative_data=x_train[:500])

@@ -18,18 +18,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default="build")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N training and test images "
+                        "(a quick check that the flow runs; 0: all)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     (x, y), (x_test, y_test) = tfcompress.datasets.fashion_mnist()
+    if args.limit:
+        x, y, x_test, y_test = x[:args.limit], y[:args.limit], x_test[:args.limit], y_test[:args.limit]
     model = tfcompress.models.lenet5_caffe()
-    model.compile("adam", loss, ["accuracy"])
+    model.compile("adam", loss, metrics=["accuracy"])
     model.fit(x, y, epochs=args.epochs, batch_size=128, verbose=2)
 
     qat = tfcompress.quantize(model)
-    qat.compile(keras.optimizers.Adam(5e-4), loss, ["accuracy"])
+    qat.compile(keras.optimizers.Adam(5e-4), loss, metrics=["accuracy"])
     qat.fit(x, y, epochs=1, batch_size=128, verbose=2)
     print(to_tflite(qat, out / "qat.tflite", "int8").text())   # no representative data
     print("LiteRT int8 accuracy", evaluate(out / "qat.tflite", x_test, y_test).accuracy)
