@@ -131,7 +131,15 @@ def test_save_and_load_keras(tmp_path):
 
 
 def test_synthetic_channel_recovery():
-    """3 of 8 inputs carry the label; sparse VD drops the weights of the noise inputs."""
+    """3 of 8 inputs carry the label; sparse VD drops most weights of the noise inputs (log alpha > 3)
+    and keeps the informative ones.
+
+    The rate decays along a cosine: near log alpha = 3 the KL's pull on a noise weight is weak (its
+    derivative is about 0.03 / N there), so at a constant rate of 0.1 the noise weights' log alpha
+    wanders around the threshold with the optimizer's noise, and how many cross it depended on the
+    CPU's rounding (2 of 5 on an AVX-512 machine, 4 on another). Decayed, 3 to 5 of 5 crossed for
+    each of the seeds 0 to 5 tried.
+    """
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     n = 512
@@ -140,11 +148,14 @@ def test_synthetic_channel_recovery():
     inputs = keras.Input((8,))
     layer = VariationalDense(1, dataset_size=n, seed=1)
     model = keras.Model(inputs, layer(inputs))
-    model.compile(keras.optimizers.Adam(0.1), keras.losses.BinaryCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=40, batch_size=64, verbose=0)
+    epochs = 200
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(0.1, epochs * n // 64)),
+                  keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
     kept_inputs = layer.weight_mask().any(axis=1)
     log_alpha = keras.ops.convert_to_numpy(layer.log_alpha()).ravel()
     assert kept_inputs[:3].all(), log_alpha
-    assert kept_inputs[3:].sum() <= 1, log_alpha
+    assert kept_inputs[3:].sum() <= 2, log_alpha  # most of the 5 noise inputs are pruned
+    assert log_alpha[:3].max() + 5 < log_alpha[3:].min(), log_alpha  # and every one ranks far below
     accuracy = np.mean((model.predict(x, verbose=0)[:, 0] > 0) == y)
     assert accuracy > 0.9
