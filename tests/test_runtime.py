@@ -106,3 +106,21 @@ def test_benchmark_interleaved(lenet_int8_path, lenet_float_path):
         benchmark([lenet_int8_path], runs=0)
     with pytest.raises(TfcompressError):
         benchmark([])
+
+
+def test_machine_info_names_the_widest_vector_extension():
+    from tfcompress.export.bench import machine_info, widest_simd
+
+    assert widest_simd("fpu sse4_2 avx avx2 fma avx512f avx512_vnni".split()) == "AVX-512"
+    assert widest_simd("fpu sse4_2 avx avx2 fma".split()) == "AVX2"
+    assert widest_simd("fp asimd evtstrm aes".split()) == "NEON"
+    assert widest_simd(["fpu"]) == "none"
+    info = machine_info()
+    assert info["cpu_count"] >= 1
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith(("flags", "Features"))), None)
+    except OSError:
+        flags = None
+    if flags is not None:  # Linux: what the kernel reports, read independently
+        assert info["simd"] == widest_simd(flags.split(":", 1)[1].split())

@@ -86,12 +86,27 @@ def machine_info() -> dict:
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
+                if line.startswith("model name") and "processor" not in info:
                     info["processor"] = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")) and "simd" not in info:
+                    info["simd"] = widest_simd(line.split(":", 1)[1].split())
+                if "processor" in info and "simd" in info:
                     break
     except OSError:
         info["processor"] = platform.processor()
     return info
+
+
+# widest first: a virtual machine often names its CPU only by family ("AMD EPYC"), while its vector
+# extensions decide how fast (and, through oneDNN / XNNPACK kernels, how exactly) it computes
+_SIMD = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"), ("sve", "SVE"),
+         ("asimd", "NEON"), ("neon", "NEON"))
+
+
+def widest_simd(flags: list[str]) -> str:
+    """The widest vector extension among /proc/cpuinfo ``flags`` (x86) or ``Features`` (Arm), or 'none'."""
+    present = set(flags)
+    return next((name for flag, name in _SIMD if flag in present), "none")
 
 
 def _random_inputs(runner: ModelRunner, seed: int) -> list[np.ndarray]:
