@@ -115,3 +115,81 @@ def test_bad_arguments_are_explained(task):
     five_classes = keras.Model(inputs, keras.layers.Dense(5)(inputs))
     with pytest.raises(ValueError, match="same classes"):
         Distiller(five_classes, teacher)
+
+
+def _conv_net(filters: int, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(filters, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(filters, activation="relu", name="hidden")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+
+
+def _reference_hint(student_feature, teacher_feature, kernel, bias):
+    """FitNets eq. 3 with the mean: 1/2 mean((u - r(v))^2), r a 1x1 convolution / dense, in float64."""
+    regressed = np.einsum("...c,cd->...d", student_feature.astype(np.float64), kernel.reshape(-1, kernel.shape[-1]))
+    return 0.5 * np.mean((teacher_feature.astype(np.float64) - regressed - bias) ** 2)
+
+
+def _features(model, name, x):
+    return keras.Model(model.input, model.get_layer(name).output).predict(x, verbose=0)
+
+
+def test_hint_loss_matches_numpy_for_maps_and_vectors():
+    """FitNets hints (Romero et al. 2015, eq. 3): a 1x1 convolution regressor on feature maps, a
+    dense one on vectors, averaged over hints; the total adds hint_weight times it."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(32, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, size=32)
+    student, teacher = _conv_net(3, seed=1), _conv_net(8, seed=2)
+    distiller = Distiller(student, teacher, temperature=2.0, alpha=0.4,
+                          hints={"conv": "conv", "hidden": "hidden"}, hint_weight=0.7)
+    conv_regressor, dense_regressor = distiller.regressors
+    assert conv_regressor.kernel.shape == (1, 1, 3, 8) and dense_regressor.kernel.shape == (3, 8)
+    expected = np.mean([
+        _reference_hint(_features(student, name, x), _features(teacher, name, x), *regressor.get_weights())
+        for name, regressor in (("conv", conv_regressor), ("hidden", dense_regressor))])
+    np.testing.assert_allclose(float(distiller.hint_loss(x)), expected, rtol=1e-5)
+
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    distiller.compile(optimizer="adam", loss=loss_fn)
+    s, t = student.predict(x, verbose=0), teacher.predict(x, verbose=0)
+    total = float(distiller.compute_loss(x=x, y=y, y_pred=s, training=False))
+    hard = -_log_softmax(s.astype(np.float64))[np.arange(len(y)), y].mean()
+    np.testing.assert_allclose(total, 0.4 * hard + 0.6 * _reference_soft(t, s, 2.0) + 0.7 * expected, rtol=1e-4)
+
+
+def test_hints_train_the_student_and_regressors_and_roundtrip(tmp_path):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(256, 8, 8, 1)).astype("float32")
+    y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype("int64")
+    student, teacher = _conv_net(3, seed=3), _conv_net(8, seed=4)
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    distiller = Distiller(student, teacher, hints={"conv": "conv"}, hint_weight=5.0)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = float(distiller.hint_loss(x))
+    distiller.fit(x, y, epochs=5, batch_size=32, verbose=0)
+    assert float(distiller.hint_loss(x)) < 0.5 * before
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_weights, teacher.get_weights(), strict=True))
+    # the regressor belongs to the distiller: the student keeps its own weights only
+    assert len(student.get_weights()) == len(_conv_net(3, seed=3).get_weights())
+
+    path = tmp_path / "hinted.keras"
+    distiller.save(path)
+    loaded = keras.saving.load_model(path)
+    assert (loaded.hints, loaded.hint_weight) == ({"conv": "conv"}, 5.0)
+    np.testing.assert_allclose(loaded.regressors[0].get_weights()[0], distiller.regressors[0].get_weights()[0])
+    np.testing.assert_allclose(float(loaded.hint_loss(x)), float(distiller.hint_loss(x)), rtol=1e-5)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), student.predict(x, verbose=0), atol=1e-6)
+
+
+def test_bad_hints_are_explained():
+    student, teacher = _conv_net(3, seed=5), _conv_net(8, seed=6)
+    with pytest.raises(ValueError, match="no layer 'conv9'.*its layers are"):
+        Distiller(student, teacher, hints={"conv9": "conv"})
+    with pytest.raises(ValueError, match="same spatial size"):
+        Distiller(student, teacher, hints={"conv": "hidden"})
+    with pytest.raises(ValueError, match="hint_weight"):
+        Distiller(student, teacher, hints={"conv": "conv"}, hint_weight=-1.0)

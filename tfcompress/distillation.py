@@ -20,6 +20,26 @@ Chen et al. 2015 (HashedNets) train hashed networks this way in their experiment
 The compiled loss is the hard-label term; it also carries the student's ``add_loss`` terms (KL
 of a Bayesian student, regularizers), so a Bayesian model can be distilled as it is pruned.
 The teacher never trains (it is frozen and called with ``training=False``).
+
+Hints (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets", section 2.2, eq. 3) add a term on
+intermediate features: a student layer (the guided layer) is regressed onto a teacher layer (the
+hint) through a small trainable regressor r, a 1x1 convolution for feature maps and a dense layer
+for vectors:
+
+    hint_weight * 1/2 * mean((u_hint(x) - r(v_guided(x)))^2)
+
+FitNets sums the squared error; the mean here (over batch, positions and channels) keeps the term's
+scale independent of the layer's size. FitNets trains on the hints in a first stage and then by
+distillation; here both terms are minimized together, as in later benchmarks of feature
+distillation (Tian et al. 2020, "Contrastive Representation Distillation", FitNet+KD). The
+regressors belong to the distiller, never to the student, so ``distiller.student`` stays the
+model that is exported:
+
+    Distiller(small, dense, hints={"conv2": "conv2"}, hint_weight=1.0)
+
+A pruned student's layers keep their names after ``tfcompress.shrink``, so the guided layer and
+its hint are usually the same name. Both models must be functional (or ``Sequential`` with an
+``Input``) so that an inner layer's output can be tapped.
 """
 
 from __future__ import annotations
@@ -53,6 +73,13 @@ def _output_shape(model) -> tuple | None:
         return None
 
 
+def _symbolic_input(model: keras.Model):
+    """The model's symbolic input: its one input tensor (``model.input`` fails on a Sequential that was
+    built from ``keras.Input`` but never called), or the list of them."""
+    inputs = model.inputs
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
 @keras.saving.register_keras_serializable(package="tfcompress")
 class Distiller(keras.Model):
     """A student trained on labels and on a frozen teacher's soft targets (Hinton et al. 2015).
@@ -64,10 +91,15 @@ class Distiller(keras.Model):
         temperature: T of the soft targets (Hinton et al. use 1-20; 2-8 is typical for 10 classes).
         alpha: weight of the hard-label loss (the compiled loss); ``1 - alpha`` weights the soft term.
         from_logits: whether both models output logits (True) or probabilities.
+        hints: ``{student layer name: teacher layer name}``: FitNets hints (Romero et al. 2015, eq. 3),
+            each student layer's output regressed onto the teacher layer's output. Outputs must
+            agree in every dimension but the last (channels).
+        hint_weight: weight of the mean hint term, added to the distillation loss.
     """
 
     def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = 4.0, alpha: float = 0.1,
-                 from_logits: bool = True, **kwargs):
+                 from_logits: bool = True, hints: dict[str, str] | None = None, hint_weight: float = 1.0,
+                 **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}: it weights the hard-label loss against "
@@ -84,22 +116,77 @@ class Distiller(keras.Model):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.from_logits = bool(from_logits)
+        self.hints = {str(k): str(v) for k, v in (hints or {}).items()}
+        self.hint_weight = float(hint_weight)
+        if hint_weight < 0:
+            raise ValueError(f"hint_weight must be >= 0, got {hint_weight}")
+        self.regressors = []
+        if self.hints:
+            self._student_taps, self._teacher_taps = self._tap_hints(student, teacher)
         # both models are built: so is the distiller, which lets a reloaded .keras file restore
         # its optimizer state (Keras builds the optimizer of built models only)
         self.built = bool(student.built and teacher.built)
 
+    def _tap_hints(self, student: keras.Model, teacher: keras.Model) -> tuple[keras.Model, keras.Model]:
+        """Models returning the guided student features, and the teacher's logits with its hints; one
+        regressor per hint, built at once (a reloaded distiller then restores its weights)."""
+        student_outputs, teacher_outputs = [], []
+        for guided_name, hint_name in self.hints.items():
+            for model, name, role, into in ((student, guided_name, "student", student_outputs),
+                                            (teacher, hint_name, "teacher", teacher_outputs)):
+                try:
+                    into.append(model.get_layer(name).output)
+                except ValueError:
+                    names = [layer.name for layer in model.layers]
+                    raise ValueError(f"hints: the {role} has no layer {name!r}; its layers are {names}") from None
+                except (AttributeError, RuntimeError):
+                    raise ValueError(f"hints: the {role}'s layer {name!r} has no symbolic output; hints need a "
+                                     "functional model or a Sequential that starts with keras.Input") from None
+            guided, hint = student_outputs[-1].shape, teacher_outputs[-1].shape
+            if tuple(guided[1:-1]) != tuple(hint[1:-1]) or len(guided) not in (2, 4):
+                raise ValueError(f"hints: student layer {guided_name!r} outputs {tuple(guided)} and teacher layer "
+                                 f"{hint_name!r} outputs {tuple(hint)}: they must be vectors or feature maps "
+                                 "of the same spatial size (only the channels may differ)")
+            regressor = (keras.layers.Conv2D(hint[-1], 1, name=f"regressor_{guided_name}") if len(guided) == 4
+                         else keras.layers.Dense(hint[-1], name=f"regressor_{guided_name}"))
+            regressor.build(tuple(guided))
+            self.regressors.append(regressor)
+        return (keras.Model(_symbolic_input(student), student_outputs, name="student_taps"),
+                keras.Model(_symbolic_input(teacher), [teacher.outputs[0], *teacher_outputs], name="teacher_taps"))
+
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
+
+    def hint_loss(self, x, training=False):
+        """The mean over hints of 1/2 * mean((teacher hint - regressor(student feature))^2)
+        (FitNets eq. 3), unweighted; 0 without hints."""
+        if not self.hints:
+            return ops.zeros(())
+        return self._hint_term(x, self._teacher_taps(x, training=False)[1:], training)
+
+    def _hint_term(self, x, hints, training):
+        guided = self._student_taps(x, training=training)
+        guided = guided if isinstance(guided, (list, tuple)) else [guided]
+        terms = [0.5 * ops.mean(ops.square(ops.cast(hint, "float32") - regressor(ops.cast(feature, "float32"))))
+                 for regressor, feature, hint in zip(self.regressors, guided, hints, strict=True)]
+        return sum(terms[1:], terms[0]) / len(terms)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # the compiled loss plus the student's add_loss terms; read them before the teacher runs
         total = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        if self.alpha == 1.0:
+        if self.alpha == 1.0 and not self.hints:
             return total
         # only the hard-label term is weighted by alpha: a Bayesian student's KL keeps its weight
         additional = sum((ops.sum(ops.cast(loss, "float32")) for loss in self.losses), ops.zeros(()))
-        soft = soft_target_loss(self.teacher(x, training=False), y_pred, self.temperature, self.from_logits)
-        return self.alpha * total + (1.0 - self.alpha) * (soft + additional)
+        if self.hints:
+            # one teacher pass gives the logits and the hints; the guided features take a second
+            # (small) student pass, after its add_loss terms were read above
+            teacher_logits, *hints = self._teacher_taps(x, training=False)
+            hint = self.hint_weight * self._hint_term(x, hints, training)
+        else:
+            teacher_logits, hint = self.teacher(x, training=False), 0.0
+        soft = soft_target_loss(teacher_logits, y_pred, self.temperature, self.from_logits)
+        return self.alpha * total + (1.0 - self.alpha) * (soft + additional) + hint
 
     def get_config(self) -> dict:
         teacher = keras.saving.serialize_keras_object(self.teacher)
@@ -112,6 +199,8 @@ class Distiller(keras.Model):
             "temperature": self.temperature,
             "alpha": self.alpha,
             "from_logits": self.from_logits,
+            "hints": dict(self.hints),
+            "hint_weight": self.hint_weight,
         }
 
     @classmethod
