@@ -20,6 +20,9 @@ their thresholds.
 ``--start dense-row`` converts the dense row's trained model instead of the pre-training checkpoint
 (every compressed row then starts from the model the first row reports); ``--cache-pretrained``
 reuses the pre-training checkpoint ``explore_bayesian.py`` caches.
+``--gradual-methods sbp`` adds rows where that method reaches the ``--keep`` cut gradually during
+its Bayesian epochs (``--gradual 1,4``: from epoch 1 to 4; ``callbacks.PosteriorPruning``), without
+and with fine-tuning.
 ``--cost-scales vcp`` weighs each layer's KL by what its channels cost in MACs and parameters
 (``KLAnnealing(layer_scales="cost")``, recomputed every epoch). The magnitude row prunes 70% of channels with the issue-3 flow
 (prune / UpdatePruning / strip / shrink) over the same epochs. Latencies: one interleaved
@@ -66,6 +69,11 @@ def main() -> None:
                         help="cut the --keep-methods models to this sub-architecture by posterior importance (step 3 "
                              "of Dirichlet pruning), e.g. 'conv1=5,conv2=15,fc1=45'; default: their thresholds")
     parser.add_argument("--keep-methods", default="dirichlet", help="the methods --keep applies to, e.g. 'vcp,sbp'")
+    parser.add_argument("--gradual-methods", default="",
+                        help="methods that also get a row cut to --keep gradually during their Bayesian epochs "
+                             "(callbacks.PosteriorPruning), reported without and with fine-tuning, e.g. 'sbp'")
+    parser.add_argument("--gradual", default="1,4", metavar="BEGIN,END",
+                        help="the epochs of the Bayesian phase over which --gradual-methods cut (cubic schedule)")
     parser.add_argument("--cost-scales", default="",
                         help="methods whose KL weight per layer follows the cost of its channels, e.g. 'vcp' "
                              "(KLAnnealing(layer_scales='cost'), bayesian.cost_scales)")
@@ -102,6 +110,12 @@ def main() -> None:
     keep_methods = set(filter(None, args.keep_methods.split(","))) if keep_target else set()
     if keep_methods - (set(bayesian.METHODS) - {"slimming"}):
         parser.error(f"--keep-methods: use methods from {bayesian.METHODS[:-1]}")
+    gradual_methods = [m for m in args.gradual_methods.split(",") if m]
+    if gradual_methods and not keep_target:
+        parser.error("--gradual-methods cut to the --keep sub-architecture: add --keep")
+    if set(gradual_methods) - (set(bayesian.METHODS) - {"slimming"}):
+        parser.error(f"--gradual-methods: use methods from {bayesian.METHODS[:-1]}")
+    gradual = tuple(float(v) for v in args.gradual.split(","))
     cost_scaled = set(filter(None, args.cost_scales.split(",")))
     if cost_scaled - (set(bayesian.METHODS) - {"slimming"}):
         parser.error(f"--cost-scales: use methods with a KL term from {bayesian.METHODS[:-1]}")
@@ -191,6 +205,23 @@ def main() -> None:
             rows.append(row)
         keras.backend.clear_session(free_memory=False)
 
+    cut = "-".join(str(v) for v in keep_target.values())
+    for method in gradual_methods:
+        beta_value = betas.get(method, args.kl_max)
+        run = common.train_bayesian(fresh(), method, data, epochs=args.epochs, beta=beta_value,
+                                    batch_size=args.batch_size, keep=keep_target, gradual=gradual)
+        label = {"vcp": "VCP", "dirichlet": "Dirichlet", "sbp": "SBP", "sparse_vd": "sparse VD", "bc": "BC-GNJ"}[method]
+        note = (f"beta {beta_value:g}; cut to {cut} gradually over epochs {gradual[0]:g}-{gradual[1]:g} "
+                "(PosteriorPruning)")
+        rows.append(common.export_row(f"{label}, gradual cut (no fine-tuning)", run.small, data, **{
+            "channels": kept(run.report), "train s": run.seconds, "note": note}))
+        before, tuned = fine_tune(run.small)
+        if finetune:
+            rows.append(common.export_row(f"{label}, gradual cut + {finetune} epoch(s) fine-tuning", run.small, data, **{
+                "channels": kept(run.report), "train s": run.seconds + tuned,
+                "keras accuracy before fine-tuning": before, "note": note}))
+        keras.backend.clear_session(free_memory=False)
+
     common.add_latency(rows, runs=args.runs)
     dense_row = rows[0]
     for row in rows:
@@ -231,6 +262,10 @@ def main() -> None:
            "bayesian.cost_scales(model) at the start of every epoch, the MACs plus parameters one more of its "
            "channels would save, relative to the model's totals, over the mean of the layers (MorphNet's "
            "FLOP-weighted penalty, Gordon et al. 2018, applied to the KL)."] if cost_scaled else []),
+        *([f"Gradual rows ({', '.join(gradual_methods)}): the same Bayesian training, but the cut to {cut} happens "
+           f"during it, from epoch {gradual[0]:g} to {gradual[1]:g} along Zhu and Gupta's cubic schedule on channel "
+           "counts (callbacks.PosteriorPruning: every 50 steps the channels of lowest posterior importance are "
+           "masked), so the network adapts to the cut before the Bayesian epochs end."] if gradual_methods else []),
         "params = parameters stored by the shrunk model (its int8 file holds them all); non-zero params also "
         "leave out the zeros inside kernels (sparse VD's unstructured sparsity); MACs of the shrunk dense model.",
         "VCP and slimming rows: LeNet-5-Caffe has no BatchNormalization, so convert inserts it; those layers' "
@@ -243,6 +278,7 @@ def main() -> None:
                           "method_kl": betas, "finetune_epochs": finetune, "distill_temperature": args.distill,
                           "cosine": args.cosine, "finetune_lr": args.finetune_lr, "keep": keep_target, "keep_methods": sorted(keep_methods),
                           "cost_scales": sorted(cost_scaled), "start": args.start,
+                          "gradual_methods": gradual_methods, "gradual": list(gradual),
                           "cache_pretrained": args.cache_pretrained})
     print(harness.table(columns, rows + published_rows))
     print("\n".join(notes))

@@ -160,7 +160,8 @@ class BayesianRun:
 def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float, batch_size: int = 128,
                    lr: float | None = None, tau: float = 0.05, theta: float = 0.2, callbacks=(), verbose: int = 2,
                    layer_kwargs: dict | None = None, keep: dict[str, int] | None = None,
-                   layer_scales: dict[str, float] | str | None = None) -> BayesianRun:
+                   layer_scales: dict[str, float] | str | None = None,
+                   gradual: tuple[float, float] | None = None) -> BayesianRun:
     """The Bayesian-pruning protocol both bench_bayesian.py and explore_bayesian.py run.
 
     ``bayesian.convert`` of ``trained``; ``epochs`` of training (Adam ``lr``: 1e-2 for Dirichlet,
@@ -170,10 +171,12 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
     (``{"conv1": 5, ...}``) the model is cut to that sub-architecture by posterior importance
     (``bayesian.prune_to``, step 3 of Dirichlet pruning); then strip and shrink. ``layer_scales``
     multiplies the KL weight of chosen Bayesian layers (``KLAnnealing(layer_scales=...)``).
+    ``gradual=(begin, end)`` (in epochs) cuts to ``keep`` gradually during the Bayesian epochs
+    instead (``callbacks.PosteriorPruning``, Zhu and Gupta's cubic schedule).
     """
     from tfcompress import bayesian, shrink
     from tfcompress.batchnorm import recalibrate_batchnorm
-    from tfcompress.callbacks import KLAnnealing, VariationalPruning
+    from tfcompress.callbacks import KLAnnealing, PosteriorPruning, VariationalPruning
 
     kwargs = {**BAYESIAN_LAYER_DEFAULTS.get(method, {}), **(layer_kwargs or {})}
     model = bayesian.convert(trained, method, dataset_size=len(data.x_train), **kwargs)
@@ -181,6 +184,12 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
                                                               layer_scales=layer_scales)]
     if method == "vcp":
         schedule.append(VariationalPruning(tau=tau, theta=theta))
+    if gradual:
+        if not keep:
+            raise ValueError("gradual pruning needs keep, the sub-architecture it ends at")
+        steps_per_epoch = int(np.ceil(len(data.x_train) / batch_size))
+        schedule.append(PosteriorPruning(keep, begin_step=int(gradual[0] * steps_per_epoch),
+                                         end_step=int(gradual[1] * steps_per_epoch), frequency=50))
     compile_model(model, lr if lr is not None else (1e-2 if method == "dirichlet" else 1e-3))
     started = time.perf_counter()
     model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
@@ -218,12 +227,14 @@ def augmented(data: Data, batch_size: int = 128, seed: int = 0, shift: int = 2):
 
 def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: float = 4.0, alpha: float = 0.1,
               batch_size: int = 128, lr: float = 1e-3, cosine: bool = False, augment_shift: int | None = None,
-              ema_momentum: float = 0.0, callbacks=(), verbose: int = 2) -> None:
+              ema_momentum: float = 0.0, hints: dict[str, str] | None = None, hint_weight: float = 1.0,
+              callbacks=(), verbose: int = 2) -> None:
     """Train ``model`` ``epochs`` more (Adam ``lr``, decayed to 0 along a cosine with ``cosine``),
     on the labels, or with a ``teacher`` by knowledge distillation from it
     (``tfcompress.distillation.Distiller``, Hinton et al. 2015); with ``augment_shift`` (pixels, 0: flips
     only) on flipped and shifted views (:func:`augmented`); with ``ema_momentum`` it ends on the moving
-    average of its weights (:func:`compile_model`). ``model`` ends compiled (constant lr)."""
+    average of its weights (:func:`compile_model`); with ``hints`` and a teacher, FitNets hints too
+    (``Distiller(hints=, hint_weight=)``). ``model`` ends compiled (constant lr)."""
     import keras
 
     if not epochs:
@@ -236,7 +247,7 @@ def fine_tune(model, data: Data, epochs: int, *, teacher=None, temperature: floa
     if teacher is not None:
         from tfcompress.distillation import Distiller
 
-        trainer = Distiller(model, teacher, temperature=temperature, alpha=alpha)
+        trainer = Distiller(model, teacher, temperature=temperature, alpha=alpha, hints=hints, hint_weight=hint_weight)
     compile_model(trainer, rate, ema_momentum)
     if augment_shift is not None:
         trainer.fit(augmented(data, batch_size, shift=augment_shift), epochs=epochs, verbose=verbose, callbacks=list(callbacks))

@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--stop-after", type=int, default=0,
                         help="end the Bayesian phase after this epoch, its KL warm-up still planned over "
                              "--bayesian-epochs (0: run them all)")
+    parser.add_argument("--gradual", default="", metavar="BEGIN,END",
+                        help="cut to --keep gradually from epoch BEGIN to END of the Bayesian phase "
+                             "(callbacks.PosteriorPruning) instead of at its end, e.g. '1,4'")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
@@ -73,6 +76,9 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.0,
                         help="keep an exponential moving average of the weights with this momentum and "
                              "end on it (Adam(use_ema=True)); 0: off")
+    parser.add_argument("--hints", default="", help="FitNets hints, student=teacher layer names, e.g. "
+                        "'conv2=conv2' (Distiller(hints=...)); default: none")
+    parser.add_argument("--hint-weight", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dense", choices=["pretrained", "dense-row"], default="pretrained",
@@ -106,7 +112,8 @@ def main() -> None:
     keep = common.parse_pairs(args.keep, int)
     cut_path = out / (f"{args.method}{'' if args.beta == 1 else f'{args.beta:g}'}"
                       f"{'' if args.bayesian_epochs == 6 else f'_{args.bayesian_epochs}ep'}"
-                      f"{f'_stop{args.stop_after}' if args.stop_after else ''}_cut_"
+                      f"{f'_stop{args.stop_after}' if args.stop_after else ''}"
+                      f"{'_gradual' + args.gradual.replace(',', '-') if args.gradual else ''}_cut_"
                       f"{'-'.join(str(v) for v in keep.values())}_{dense_name}.keras")
     if not cut_path.exists():
         class StopAfter(keras.callbacks.Callback):
@@ -116,7 +123,8 @@ def main() -> None:
 
         # before prune_to: what the method's own threshold keeps
         run = common.train_bayesian(dense, args.method, data, epochs=args.bayesian_epochs, beta=args.beta,
-                                    keep=keep, callbacks=[common.kept_channels([]), StopAfter()], verbose=2)
+                                    keep=keep, callbacks=[common.kept_channels([]), StopAfter()], verbose=2,
+                                    gradual=tuple(float(v) for v in args.gradual.split(",")) if args.gradual else None)
         run.small.save(cut_path)
     small = common.compile_model(keras.saving.load_model(cut_path))
 
@@ -125,12 +133,15 @@ def main() -> None:
     started = time.perf_counter()
     common.fine_tune(small, data, args.epochs, teacher=dense, temperature=args.temperature, alpha=args.alpha,
                      batch_size=args.batch_size, lr=args.lr, cosine=True, ema_momentum=args.ema,
+                     hints=common.parse_pairs(args.hints, str) or None, hint_weight=args.hint_weight,
                      callbacks=[common.epoch_accuracies(small, data, accuracies, "epoch")], verbose=0)
     seconds = round(time.perf_counter() - started)
     # with --ema, fit ends by writing the averaged weights into the model: "keras accuracy" is theirs
     row = common.export_row("explore", small, data)
+    hint_tag = args.hints.replace(",", "+").replace("=", "-")
     setting = (f"{cut_path.stem}_T{args.temperature:g}_a{args.alpha:g}_lr{args.lr:g}_e{args.epochs}_b{args.batch_size}"
-               f"_ema{args.ema:g}_s{args.seed}")
+               f"_ema{args.ema:g}_s{args.seed}"
+               f"{f'_hints{hint_tag}w{args.hint_weight:g}' if args.hints else ''}")
     result = {"command": " ".join(sys.argv), "setting": setting, "cut model": cut_path.name,
               "dense keras accuracy": round(common.keras_accuracy(dense, data), 4),
               "keras accuracy after 0..E epochs": accuracies, "final keras accuracy": row["keras accuracy"],

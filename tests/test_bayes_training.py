@@ -344,3 +344,81 @@ def test_cost_scales_match_the_hand_count_of_lenet_costs():
         bayesian.cost_scales(model)
     with pytest.raises(TfcompressError, match="non-negative"):
         bayesian.cost_scales(converted, macs_weight=0, params_weight=0)
+
+
+# -- gradual pruning to a sub-architecture by posterior importance (callbacks.PosteriorPruning)
+
+STEPS_PER_EPOCH = SAMPLES // 32
+
+
+def cubic_schedule_kept(step: int, total: int, keep: int, begin: int, end: int, frequency: int) -> int:
+    """Zhu and Gupta 2017, eq. 1, on channel counts, at the last update step <= ``step``, in NumPy."""
+    updates = [t for t in range(begin, min(step, end) + 1) if (t - begin) % frequency == 0 or t == end]
+    if not updates:
+        return total
+    progress = np.clip((updates[-1] - begin) / (end - begin), 0.0, 1.0)
+    return total - int(np.round((1.0 - (1.0 - progress) ** 3) * (total - keep)))
+
+
+def posterior_pruning():
+    from tfcompress.callbacks import PosteriorPruning
+
+    # one update per epoch, at its last step; the cut ends after epoch 6 of 8
+    return PosteriorPruning({"conv": INFORMATIVE}, begin_step=STEPS_PER_EPOCH, end_step=6 * STEPS_PER_EPOCH,
+                            frequency=STEPS_PER_EPOCH)
+
+
+def test_posterior_pruning_follows_the_cubic_schedule_to_the_informative_channels():
+    """Every epoch the conv keeps the count of Zhu and Gupta's schedule (a NumPy reference), the
+    pruned channels are the noise ones, and the cut model computes what the masked model does."""
+    model, x, y = conv_task()
+    converted = convert(model, "sbp")
+    history = converted.fit(x, y, batch_size=32, epochs=8, shuffle=False, verbose=0, callbacks=[posterior_pruning()])
+    expected = [cubic_schedule_kept(e * STEPS_PER_EPOCH, CHANNELS, INFORMATIVE, STEPS_PER_EPOCH,
+                                    6 * STEPS_PER_EPOCH, STEPS_PER_EPOCH) for e in range(1, 9)]
+    assert expected == [6, 4, 3, 2, 2, 2, 2, 2]  # gradual: the schedule is not a one-shot cut
+    assert history.history["posterior_kept/conv"] == expected
+    assert conv_channels(converted)[0] == EXPECTED
+    assert history.history["accuracy"][-1] > 0.95
+    small, report = bayesian_shrink(converted)
+    assert report.channels["conv"] == (CHANNELS, INFORMATIVE)
+    np.testing.assert_allclose(small.predict(x, verbose=0), converted.predict(x, verbose=0), atol=1e-4)
+
+
+def test_posterior_pruning_resumes_mid_schedule(tmp_path):
+    """The masks are layer variables and the step is the optimizer's: a .keras file saved after
+    epoch 2 reloads with both, and a fresh callback continues the schedule where it stopped."""
+    model, x, y = conv_task()
+    converted = convert(model, "sbp")
+    converted.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[posterior_pruning()])
+    masks = conv_channels(converted)[0]
+    assert sum(masks) == 4
+    converted.save(tmp_path / "mid.keras")
+    resumed = keras.saving.load_model(tmp_path / "mid.keras")
+    assert conv_channels(resumed)[0] == masks
+    assert int(resumed.optimizer.iterations.numpy()) == 2 * STEPS_PER_EPOCH
+    history = resumed.fit(x, y, batch_size=32, epochs=8, initial_epoch=2, shuffle=False, verbose=0,
+                          callbacks=[posterior_pruning()])
+    assert history.history["posterior_kept/conv"] == [3, 2, 2, 2, 2, 2]
+    kept = conv_channels(resumed)[0]
+    assert all(before or not after for before, after in zip(masks, kept, strict=True))  # masks are permanent
+
+
+def test_posterior_pruning_config_and_errors():
+    from tfcompress.callbacks import PosteriorPruning
+
+    callback = posterior_pruning()
+    config = callback.get_config()
+    assert PosteriorPruning.from_config(config).get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(callback))
+    assert isinstance(restored, PosteriorPruning) and restored.get_config() == config
+    model, x, y = conv_task()
+    for keep, match in (({"nope": 2}, "no Bayesian layer scores the channels of 'nope'"),
+                        ({"conv": CHANNELS + 1}, "not a channel count")):
+        converted = convert(model, "sbp")
+        with pytest.raises(TfcompressError, match=match):
+            converted.fit(x, y, epochs=1, verbose=0, callbacks=[PosteriorPruning(keep, begin_step=0, end_step=8)])
+    with pytest.raises(TfcompressError, match="keep is empty"):
+        PosteriorPruning({}, begin_step=0, end_step=8)
+    with pytest.raises(TfcompressError, match="end_step"):
+        PosteriorPruning({"conv": 2}, begin_step=8, end_step=4)

@@ -238,6 +238,24 @@ def structure(model, *, slimming_threshold: float | None = None) -> dict[str, di
     return out
 
 
+def scored_layers(model, names: list[str]) -> dict[str, Any]:
+    """``{name: the Bayesian layer that scores its channels}``: ``name`` is a Bayesian layer's name
+    or that of the Conv2D / Dense whose outputs it multiplies (a clear error for any other)."""
+    by_name: dict[str, Any] = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, _BAYESIAN):
+            by_name[layer.name] = layer
+            if isinstance(layer, VariationalBatchNormalization | DirichletSwitch | LogNormalDropout):
+                producer = _producer_of(layer)
+                if producer is not None:
+                    by_name.setdefault(producer.name, layer)
+    for name in names:
+        if name not in by_name:
+            raise TfcompressError(f"no Bayesian layer scores the channels of {name!r}", "prune_to",
+                                  f"use one of {sorted(by_name)}")
+    return {name: by_name[name] for name in names}
+
+
 def prune_to(model, keep: dict[str, int]) -> dict[str, int]:
     """Cut a trained Bayesian model to a chosen sub-architecture, by posterior importance.
 
@@ -256,20 +274,10 @@ def prune_to(model, keep: dict[str, int]) -> dict[str, int]:
     Returns:
         ``{bayesian layer name: channels masked by this call}``.
     """
-    by_name: dict[str, Any] = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, _BAYESIAN):
-            by_name[layer.name] = layer
-            if isinstance(layer, VariationalBatchNormalization | DirichletSwitch | LogNormalDropout):
-                producer = _producer_of(layer)
-                if producer is not None:
-                    by_name.setdefault(producer.name, layer)
+    layers = scored_layers(model, list(keep))
     masked: dict[str, int] = {}
     for name, k in keep.items():
-        layer = by_name.get(name)
-        if layer is None:
-            raise TfcompressError(f"no Bayesian layer scores the channels of {name!r}", "prune_to",
-                                  f"use one of {sorted(by_name)}")
+        layer = layers[name]
         total = int(layer.mask.shape[0])
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= total:
             raise TfcompressError(f"keep[{name!r}] = {k!r} is not a channel count of a {total}-channel layer",
