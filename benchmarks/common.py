@@ -94,7 +94,8 @@ def kept_channels(into: list):
 
     class KeptChannels(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            kept = {name: s["kept"] for name, s in bayesian.structure(self.model).items()}
+            model = getattr(self.model, "student", self.model)  # a Distiller trains its student
+            kept = {name: s["kept"] for name, s in bayesian.structure(model).items()}
             into.append({"epoch": epoch + 1, "kept": kept, "loss": round(float(logs["loss"]), 4)})
             print(into[-1], flush=True)
 
@@ -161,7 +162,7 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
                    lr: float | None = None, tau: float = 0.05, theta: float = 0.2, callbacks=(), verbose: int = 2,
                    layer_kwargs: dict | None = None, keep: dict[str, int] | None = None,
                    layer_scales: dict[str, float] | str | None = None,
-                   gradual: tuple[float, float] | None = None) -> BayesianRun:
+                   gradual: tuple[float, float] | None = None, teacher=None) -> BayesianRun:
     """The Bayesian-pruning protocol both bench_bayesian.py and explore_bayesian.py run.
 
     ``bayesian.convert`` of ``trained``; ``epochs`` of training (Adam ``lr``: 1e-2 for Dirichlet,
@@ -172,7 +173,8 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
     (``bayesian.prune_to``, step 3 of Dirichlet pruning); then strip and shrink. ``layer_scales``
     multiplies the KL weight of chosen Bayesian layers (``KLAnnealing(layer_scales=...)``).
     ``gradual=(begin, end)`` (in epochs) cuts to ``keep`` gradually during the Bayesian epochs
-    instead (``callbacks.PosteriorPruning``, Zhu and Gupta's cubic schedule).
+    instead (``callbacks.PosteriorPruning``, Zhu and Gupta's cubic schedule). With ``teacher`` the
+    Bayesian epochs distil from it too (``Distiller``, temperature 4, alpha 0.1; the KL keeps its weight).
     """
     from tfcompress import bayesian, shrink
     from tfcompress.batchnorm import recalibrate_batchnorm
@@ -190,9 +192,14 @@ def train_bayesian(trained, method: str, data: Data, *, epochs: int, beta: float
         steps_per_epoch = int(np.ceil(len(data.x_train) / batch_size))
         schedule.append(PosteriorPruning(keep, begin_step=int(gradual[0] * steps_per_epoch),
                                          end_step=int(gradual[1] * steps_per_epoch), frequency=50))
-    compile_model(model, lr if lr is not None else (1e-2 if method == "dirichlet" else 1e-3))
+    trainer = model
+    if teacher is not None:
+        from tfcompress.distillation import Distiller
+
+        trainer = Distiller(model, teacher, temperature=4.0, alpha=0.1)
+    compile_model(trainer, lr if lr is not None else (1e-2 if method == "dirichlet" else 1e-3))
     started = time.perf_counter()
-    model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
+    trainer.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
               callbacks=[*schedule, *callbacks])
     seconds = round(time.perf_counter() - started)
     if method in ("vcp", "slimming"):

@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--gradual", default="", metavar="BEGIN,END",
                         help="cut to --keep gradually from epoch BEGIN to END of the Bayesian phase "
                              "(callbacks.PosteriorPruning) instead of at its end, e.g. '1,4'")
+    parser.add_argument("--bayesian-distill", action="store_true",
+                        help="the Bayesian phase distils from the dense model too (common.train_bayesian(teacher=))")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
@@ -113,7 +115,8 @@ def main() -> None:
     cut_path = out / (f"{args.method}{'' if args.beta == 1 else f'{args.beta:g}'}"
                       f"{'' if args.bayesian_epochs == 6 else f'_{args.bayesian_epochs}ep'}"
                       f"{f'_stop{args.stop_after}' if args.stop_after else ''}"
-                      f"{'_gradual' + args.gradual.replace(',', '-') if args.gradual else ''}_cut_"
+                      f"{'_gradual' + args.gradual.replace(',', '-') if args.gradual else ''}"
+                      f"{'_kd' if args.bayesian_distill else ''}_cut_"
                       f"{'-'.join(str(v) for v in keep.values())}_{dense_name}.keras")
     if not cut_path.exists():
         class StopAfter(keras.callbacks.Callback):
@@ -124,7 +127,8 @@ def main() -> None:
         # before prune_to: what the method's own threshold keeps
         run = common.train_bayesian(dense, args.method, data, epochs=args.bayesian_epochs, beta=args.beta,
                                     keep=keep, callbacks=[common.kept_channels([]), StopAfter()], verbose=2,
-                                    gradual=tuple(float(v) for v in args.gradual.split(",")) if args.gradual else None)
+                                    gradual=tuple(float(v) for v in args.gradual.split(",")) if args.gradual else None,
+                                    teacher=dense if args.bayesian_distill else None)
         run.small.save(cut_path)
     small = common.compile_model(keras.saving.load_model(cut_path))
 

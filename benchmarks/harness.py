@@ -43,6 +43,13 @@ def machine() -> dict:
     return machine_info()
 
 
+def describe_machine(m: dict) -> str:
+    """'AMD EPYC (AVX-512), 2 cores': the vector extension when the JSON records it (runs since
+    2026-11-24; two machines both called 'AMD EPYC' differed ninefold in LiteRT latency)."""
+    simd = f" ({m['simd']})" if m.get("simd") else ""
+    return f"{m.get('processor', m.get('machine'))}{simd}, {m.get('cpu_count')} cores"
+
+
 def command_line() -> str:
     script = Path(sys.argv[0])
     try:
@@ -127,7 +134,7 @@ def render() -> str:
             "",
             f"- command: `{data['command']}`",
             f"- date: {data['date']}",
-            f"- machine: {m.get('processor', m.get('machine'))}, {m.get('cpu_count')} cores, {m.get('system')}",
+            f"- machine: {describe_machine(m)}, {m.get('system')}",
             "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
             "",
             table(data["columns"], data["rows"]),
@@ -152,7 +159,7 @@ def readme_block() -> str:
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text())
         m, v = data["machine"], data["versions"]
-        where = f"{m.get('processor', m.get('machine'))}, {m.get('cpu_count')} cores"
+        where = describe_machine(m)
         libs = ", ".join(f"{k} {v[k]}" for k in KEY_VERSIONS if k in v)
         parts += [f"**{data['title']}** (`{data['command']}`; {where}; {libs}; {data['date']}):", "",
                   table(data["columns"], data["rows"]), ""]
