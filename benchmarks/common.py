@@ -94,8 +94,7 @@ def kept_channels(into: list):
 
     class KeptChannels(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            model = getattr(self.model, "student", self.model)  # a Distiller trains its student
-            kept = {name: s["kept"] for name, s in bayesian.structure(model).items()}
+            kept = {name: s["kept"] for name, s in bayesian.structure(self.model).items()}
             into.append({"epoch": epoch + 1, "kept": kept, "loss": round(float(logs["loss"]), 4)})
             print(into[-1], flush=True)
 

@@ -99,6 +99,8 @@ def test_bayesian_student_keeps_its_kl_at_full_weight(task):
     y_pred = distiller(x, training=False)
     kl = float(sum(float(np.sum(loss)) for loss in distiller.losses))
     assert kl > 0
+    # the student's channels are reported through the distiller too
+    assert bayesian.structure(distiller) == bayesian.structure(student) != {}
     total = float(distiller.compute_loss(x=x, y=y, y_pred=y_pred, training=False))
     hard = float(loss_fn(y, y_pred))
     soft = _reference_soft(teacher.predict(x, verbose=0), np.asarray(y_pred), 2.0)

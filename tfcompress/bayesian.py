@@ -223,7 +223,8 @@ def structure(model, *, slimming_threshold: float | None = None) -> dict[str, di
     ``slimming_threshold``: channels with |gamma| at or below it are dropped.
     """
     out: dict[str, dict[str, Any]] = {}
-    for layer in model.layers:
+    # recursive, as prune_to: a Bayesian model inside another (a Distiller's student) is found too
+    for layer in model._flatten_layers(include_self=False, recursive=True):
         keep = None
         if isinstance(layer, _BAYESIAN):
             keep = layer.keep_mask()
