@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import harness  # noqa: E402
 
+LABELS = {"vcp": "VCP", "dirichlet": "Dirichlet", "sbp": "SBP", "sparse_vd": "sparse VD", "bc": "BC-GNJ",
+          "slimming": "network slimming"}
 PUBLISHED = [  # seed slides, MNIST LeNet-5-Caffe; published figures, not measured here
     {"model": "published (MNIST): Dirichlet", "error %": 1.1, "params": 5_500, "FLOPs": 140_000},
     {"model": "published (MNIST): BC-GNJ", "error %": 1.0, "params": 15_000, "FLOPs": 288_000},
@@ -181,8 +183,7 @@ def main() -> None:
                                     batch_size=args.batch_size, keep=keep,
                                     layer_scales="cost" if method in cost_scaled else None)
         model, small, report, seconds = run.model, run.small, run.report, run.seconds
-        label = {"vcp": "VCP", "dirichlet": "Dirichlet", "sbp": "SBP", "sparse_vd": "sparse VD",
-                 "bc": "BC-GNJ", "slimming": "network slimming"}[method]
+        label = LABELS[method]
         beta = "L1 on BN gamma" if method == "slimming" else f"beta {beta_value:g}"
         if method in cost_scaled:
             beta += " x the layer's channel cost (cost_scales)"
@@ -210,7 +211,7 @@ def main() -> None:
         beta_value = betas.get(method, args.kl_max)
         run = common.train_bayesian(fresh(), method, data, epochs=args.epochs, beta=beta_value,
                                     batch_size=args.batch_size, keep=keep_target, gradual=gradual)
-        label = {"vcp": "VCP", "dirichlet": "Dirichlet", "sbp": "SBP", "sparse_vd": "sparse VD", "bc": "BC-GNJ"}[method]
+        label = LABELS[method]
         note = (f"beta {beta_value:g}; cut to {cut} gradually over epochs {gradual[0]:g}-{gradual[1]:g} "
                 "(PosteriorPruning)")
         rows.append(common.export_row(f"{label}, gradual cut (no fine-tuning)", run.small, data, **{

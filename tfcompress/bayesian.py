@@ -239,7 +239,7 @@ def structure(model, *, slimming_threshold: float | None = None) -> dict[str, di
     return out
 
 
-def scored_layers(model, names: list[str]) -> dict[str, Any]:
+def scored_layers(model, names: list[str], where: str = "prune_to") -> dict[str, Any]:
     """``{name: the Bayesian layer that scores its channels}``: ``name`` is a Bayesian layer's name
     or that of the Conv2D / Dense whose outputs it multiplies (a clear error for any other)."""
     by_name: dict[str, Any] = {}
@@ -252,7 +252,7 @@ def scored_layers(model, names: list[str]) -> dict[str, Any]:
                     by_name.setdefault(producer.name, layer)
     for name in names:
         if name not in by_name:
-            raise TfcompressError(f"no Bayesian layer scores the channels of {name!r}", "prune_to",
+            raise TfcompressError(f"no Bayesian layer scores the channels of {name!r}", where,
                                   f"use one of {sorted(by_name)}")
     return {name: by_name[name] for name in names}
 
@@ -276,13 +276,26 @@ def prune_to(model, keep: dict[str, int]) -> dict[str, int]:
         ``{bayesian layer name: channels masked by this call}``.
     """
     layers = scored_layers(model, list(keep))
+    validate_keep(layers, keep)
+    return mask_to(layers, keep)
+
+
+def validate_keep(layers: dict[str, Any], keep: dict[str, int], where: str = "prune_to") -> None:
+    """Each ``keep[name]`` is a channel count from 1 to the size of ``layers[name]`` (a clear error otherwise)."""
+    for name, k in keep.items():
+        total = int(layers[name].mask.shape[0])
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= total:
+            raise TfcompressError(f"keep[{name!r}] = {k!r} is not a channel count of a {total}-channel layer",
+                                  where, f"pass an integer from 1 to {total}")
+
+
+def mask_to(layers: dict[str, Any], keep: dict[str, int]) -> dict[str, int]:
+    """Mask all but the ``keep[name]`` most important live channels of each of ``layers``
+    (from :func:`scored_layers`, counts checked by :func:`validate_keep`); what :func:`prune_to`
+    does once and ``callbacks.PosteriorPruning`` step by step. Returns the channels masked."""
     masked: dict[str, int] = {}
     for name, k in keep.items():
         layer = layers[name]
-        total = int(layer.mask.shape[0])
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= total:
-            raise TfcompressError(f"keep[{name!r}] = {k!r} is not a channel count of a {total}-channel layer",
-                                  "prune_to", f"pass an integer from 1 to {total}")
         alive = np.asarray(layer.keep_mask(), bool)
         if int(alive.sum()) <= k:
             logger.info("prune_to: %s keeps %d channels, already <= %d", layer.name, int(alive.sum()), k)

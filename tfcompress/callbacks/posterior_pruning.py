@@ -66,36 +66,34 @@ class PosteriorPruning(keras.callbacks.Callback):
         self.keep = {str(name): int(k) for name, k in keep.items()}
         # the schedule's sparsity, divided by its final value, is the fraction of the way to keep
         self._schedule = PolynomialDecay(0.0, 0.5, begin_step, end_step, power=power, frequency=frequency)
-        self.begin_step, self.end_step = int(begin_step), int(end_step)
-        self.frequency, self.power = int(frequency), float(power)
         self.verbose = int(verbose)
         self._layers: dict[str, Any] = {}
+        self._step: int | None = None
 
     def on_train_begin(self, logs=None):
         from tfcompress import bayesian
 
-        self._layers = bayesian.scored_layers(self.model, list(self.keep))
-        totals = {}
-        for name, layer in self._layers.items():
-            totals[name] = int(layer.mask.shape[0])
-            if not 1 <= self.keep[name] <= totals[name]:
-                raise TfcompressError(f"keep[{name!r}] = {self.keep[name]} is not a channel count of a "
-                                      f"{totals[name]}-channel layer", "PosteriorPruning",
-                                      f"pass an integer from 1 to {totals[name]}")
-        self._totals = totals
+        self._layers = bayesian.scored_layers(self.model, list(self.keep), "PosteriorPruning")
+        bayesian.validate_keep(self._layers, self.keep, "PosteriorPruning")
+        self._step = None
 
     def target(self, step: int) -> dict[str, int]:
         """The channels each layer keeps at ``step``."""
         progress = self._schedule.sparsity(step) / self._schedule.final_sparsity  # 0 before begin_step
-        return {name: total - int(np.round(progress * (total - self.keep[name])))
-                for name, total in self._totals.items()}
+        kept = {}
+        for name, layer in self._layers.items():
+            total = int(layer.mask.shape[0])
+            kept[name] = total - int(np.round(progress * (total - self.keep[name])))
+        return kept
 
     def on_train_batch_end(self, batch, logs=None):
         from tfcompress import bayesian
 
-        step = int(self.model.optimizer.iterations.numpy())
-        if self._schedule.should_prune(step) or step == self.end_step:
-            bayesian.prune_to(self.model, self.target(step))
+        # the optimizer's step, read at the first batch (after BackupAndRestore, whatever the
+        # callbacks' order, has restored it), then counted here instead of read every batch
+        self._step = int(self.model.optimizer.iterations.numpy()) if self._step is None else self._step + 1
+        if self._schedule.should_prune(self._step) or self._step == self._schedule.end_step:
+            bayesian.mask_to(self._layers, self.target(self._step))
 
     def kept(self) -> dict[str, int]:
         """Channels each named layer keeps now."""
@@ -110,8 +108,9 @@ class PosteriorPruning(keras.callbacks.Callback):
             print(f"PosteriorPruning epoch {epoch + 1}: keeps {kept}")
 
     def get_config(self) -> dict[str, Any]:
-        return {"keep": dict(self.keep), "begin_step": self.begin_step, "end_step": self.end_step,
-                "frequency": self.frequency, "power": self.power, "verbose": self.verbose}
+        schedule = self._schedule
+        return {"keep": dict(self.keep), "begin_step": schedule.begin_step, "end_step": schedule.end_step,
+                "frequency": schedule.frequency, "power": schedule.power, "verbose": self.verbose}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
