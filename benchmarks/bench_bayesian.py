@@ -1,8 +1,9 @@
 """Bayesian structured pruning benchmark (issue 4): LeNet-5-Caffe on Fashion-MNIST, one run.
 
-    python benchmarks/bench_bayesian.py --pretrain-epochs 25 --epochs 6 --finetune-epochs 15 --distill 4 \
-        --cosine --finetune-lr 3e-3 --kl-max 1.0 --method-kl vcp=1000 \
-        --keep conv1=6,conv2=13,fc1=55 --keep-methods dirichlet,sbp,bc
+    python benchmarks/bench_bayesian.py --pretrain-epochs 25 --epochs 6 --finetune-epochs 60 \
+        --dense-finetune-epochs 15 --distill 4 --cosine --finetune-lr 3e-3 --finetune-augment 0 \
+        --kl-max 1.0 --method-kl vcp=1000 --keep conv1=6,conv2=13,fc1=55 --keep-methods dirichlet,sbp,bc \
+        --start dense-row --cache-pretrained --gradual-methods sbp --gradual 1,4
 
 Protocol: one dense model is pre-trained for ``--pretrain-epochs`` (Adam 1e-3, batch 128). Every
 Bayesian row converts it with ``tfcompress.bayesian.convert`` and trains ``--epochs`` more
@@ -17,6 +18,10 @@ both without retraining and after it.
 ``--keep conv1=5,conv2=15,fc1=45`` cuts the models of ``--keep-methods`` (default: dirichlet) to that
 sub-architecture by posterior importance (``bayesian.prune_to``, step 3 of Dirichlet pruning) instead of
 their thresholds.
+``--finetune-augment 0`` fine-tunes on images flipped left-right at random, teacher and student
+seeing the same views (Beyer et al. 2022), and adds a reference row: the dense row put through the
+same fine-tuning; ``--dense-finetune-epochs 15`` keeps the dense row at 15 cosine epochs while the
+compressed rows fine-tune ``--finetune-epochs``.
 ``--start dense-row`` converts the dense row's trained model instead of the pre-training checkpoint
 (every compressed row then starts from the model the first row reports); ``--cache-pretrained``
 reuses the pre-training checkpoint ``explore_bayesian.py`` caches.
@@ -59,6 +64,10 @@ def main() -> None:
                         help="per-method beta overriding --kl-max, e.g. 'vcp=30,sbp=100'")
     parser.add_argument("--finetune-epochs", type=int, default=0,
                         help="epochs of plain training of each shrunk model (the dense row trains as many more)")
+    parser.add_argument("--dense-finetune-epochs", type=int, default=None,
+                        help="the dense row's epochs along the fine-tuning schedule after its --epochs "
+                             "(default: --finetune-epochs), e.g. 15 to keep the dense row of 15-epoch tables "
+                             "while the compressed rows fine-tune longer")
     parser.add_argument("--distill", type=float, default=0.0, metavar="T",
                         help="fine-tune the shrunk models by distillation from the dense row at temperature T "
                              "(tfcompress.distillation.Distiller, alpha 0.1); 0: on the labels only")
@@ -67,6 +76,10 @@ def main() -> None:
                              "along a cosine to 0")
     parser.add_argument("--finetune-lr", type=float, default=1e-3,
                         help="Adam learning rate of the fine-tuning epochs (and the dense row's last as many)")
+    parser.add_argument("--finetune-augment", type=int, default=None, metavar="SHIFT",
+                        help="fine-tune on views flipped left-right and shifted by up to SHIFT pixels (0: flips "
+                             "only), the teacher seeing the same views (common.augmented); also adds a reference "
+                             "row: the dense row put through the same fine-tuning, distilled from itself")
     parser.add_argument("--keep", default="",
                         help="cut the --keep-methods models to this sub-architecture by posterior importance (step 3 "
                              "of Dirichlet pruning), e.g. 'conv1=5,conv2=15,fc1=45'; default: their thresholds")
@@ -108,6 +121,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--method-kl: unknown method(s) {sorted(unknown)}; use {bayesian.METHODS}")
     finetune = args.finetune_epochs
+    dense_finetune = finetune if args.dense_finetune_epochs is None else args.dense_finetune_epochs
     keep_target = common.parse_pairs(args.keep, int)
     keep_methods = set(filter(None, args.keep_methods.split(","))) if keep_target else set()
     if keep_methods - (set(bayesian.METHODS) - {"slimming"}):
@@ -131,7 +145,7 @@ def main() -> None:
         before = round(common.keras_accuracy(model, data), 4)
         started = time.perf_counter()
         common.fine_tune(model, data, epochs, teacher=teacher, temperature=args.distill, cosine=args.cosine,
-                         lr=args.finetune_lr, batch_size=args.batch_size)
+                         lr=args.finetune_lr, batch_size=args.batch_size, augment_shift=args.finetune_augment)
         return before, round(time.perf_counter() - started)
     # the cache holds full-data models only
     cache = common.EXPLORE_DIR if args.cache_pretrained and args.limit is None else None
@@ -151,16 +165,28 @@ def main() -> None:
     started = time.perf_counter()
     if args.cosine:
         baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2)
-        # the dense row's last `finetune` epochs follow the fine-tuning schedule, without a teacher
-        common.fine_tune(baseline, data, finetune, cosine=True, lr=args.finetune_lr, batch_size=args.batch_size)
+        # the dense row's last epochs follow the fine-tuning schedule, without a teacher
+        common.fine_tune(baseline, data, dense_finetune, cosine=True, lr=args.finetune_lr, batch_size=args.batch_size)
     else:  # one uninterrupted fit, as the tables before --cosine were made
-        baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs + finetune,
+        baseline.fit(data.x_train, data.y_train, batch_size=args.batch_size, epochs=args.epochs + dense_finetune,
                      verbose=2)
     _, base_report = tfcompress.shrink(baseline, return_report=True)
     rows.append(common.export_row("dense", baseline, data, **{
         "channels": kept(base_report), "train s": round(time.perf_counter() - started)}))
     if args.distill:
         teacher = baseline
+    if args.finetune_augment is not None and finetune:
+        # what the compressed rows' fine-tuning recipe does to the dense model itself: if the
+        # augmented views alone lifted accuracy, this row shows it next to the dense row
+        recipe = common.compile_model(common.lenet())
+        recipe.set_weights(baseline.get_weights())
+        before, tuned = fine_tune(recipe)
+        rows.append(common.export_row("dense + the fine-tuning recipe (reference)", recipe, data, **{
+            "channels": kept(base_report), "train s": rows[0]["train s"] + tuned,
+            "keras accuracy before fine-tuning": before,
+            "note": "the dense row fine-tuned as the compressed rows are"
+                    + (", distilled from its own copy" if teacher is not None else "")}))
+        keras.backend.clear_session(free_memory=False)
     if args.start == "dense-row":
         # compress the model the dense row reports, as a user compresses their trained model
         pretrained = baseline.get_weights()
@@ -242,13 +268,16 @@ def main() -> None:
         + (" (loaded from benchmarks/out/explore when an earlier run of the same protocol cached them)"
            if args.cache_pretrained else "")
         + (f"; every compressed row starts from the dense row's trained model ({args.pretrain_epochs} + "
-           f"{args.epochs} + {finetune} epochs, its accuracy in the first row)" if args.start == "dense-row" else "")
+           f"{args.epochs} + {dense_finetune} epochs, its accuracy in the first row)" if args.start == "dense-row" else "")
         + f", then {args.epochs} epochs per row"
         + (f" and {finetune} epochs of fine-tuning of the shrunk model"
            + (f" by distillation from the dense row (temperature {args.distill:g}, alpha 0.1)" if args.distill
               else " on the labels")
+           + ("" if args.finetune_augment is None else
+              f" on images flipped left-right at random{f' and shifted by up to {args.finetune_augment} pixels' if args.finetune_augment else ''}"
+              + (", the teacher seeing the same views (Beyer et al. 2022, function matching)" if args.distill else ""))
            + f", Adam {args.finetune_lr:g}" + (" decayed to 0 along a cosine" if args.cosine else "")
-           + f" (the dense row trains {args.epochs} + {finetune}, its last {finetune} with the same schedule"
+           + f" (the dense row trains {args.epochs} + {dense_finetune}, its last {dense_finetune} with the same schedule"
            + (" and no teacher)" if args.distill else ")") if finetune else "")
         + f"; KL weight (beta, in each row's note) warmed up linearly over {max(1, args.epochs // 2)} epochs; "
         "Dirichlet trains only the switches "
@@ -276,8 +305,9 @@ def main() -> None:
     harness.record("04_bayesian_lenet5_fashion_mnist", "Bayesian structured pruning: LeNet-5-Caffe on Fashion-MNIST",
                    columns, common.public(rows) + published_rows, notes,
                    extra={"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "kl_max": args.kl_max,
-                          "method_kl": betas, "finetune_epochs": finetune, "distill_temperature": args.distill,
-                          "cosine": args.cosine, "finetune_lr": args.finetune_lr, "keep": keep_target, "keep_methods": sorted(keep_methods),
+                          "method_kl": betas, "finetune_epochs": finetune, "dense_finetune_epochs": dense_finetune, "distill_temperature": args.distill,
+                          "cosine": args.cosine, "finetune_lr": args.finetune_lr,
+                          "finetune_augment": args.finetune_augment, "keep": keep_target, "keep_methods": sorted(keep_methods),
                           "cost_scales": sorted(cost_scaled), "start": args.start,
                           "gradual_methods": gradual_methods, "gradual": list(gradual),
                           "cache_pretrained": args.cache_pretrained})

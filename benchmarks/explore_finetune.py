@@ -2,6 +2,7 @@
 
     python benchmarks/explore_finetune.py --temperature 2
     python benchmarks/explore_finetune.py --ema 0.999 --threads 1
+    python benchmarks/explore_finetune.py --dense dense-row --gradual 1,4 --epochs 60 --augment-shift 0
 
 The ``--method`` model (SBP by default) cut to ``--keep`` (``common.train_bayesian``:
 ``--bayesian-epochs``, 6 by default, at KL weight ``--beta``, from the dense model; the channels
@@ -75,6 +76,9 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label loss")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam, decayed to 0 along a cosine")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--augment-shift", type=int, default=None,
+                        help="fine-tune on flipped views shifted by up to this many pixels, the teacher seeing "
+                             "the same views (common.augmented; 0: flips only); default: the plain images")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="keep an exponential moving average of the weights with this momentum and "
                              "end on it (Adam(use_ema=True)); 0: off")
@@ -137,6 +141,7 @@ def main() -> None:
     started = time.perf_counter()
     common.fine_tune(small, data, args.epochs, teacher=dense, temperature=args.temperature, alpha=args.alpha,
                      batch_size=args.batch_size, lr=args.lr, cosine=True, ema_momentum=args.ema,
+                     augment_shift=args.augment_shift,
                      hints=common.parse_pairs(args.hints, str) or None, hint_weight=args.hint_weight,
                      callbacks=[common.epoch_accuracies(small, data, accuracies, "epoch")], verbose=0)
     seconds = round(time.perf_counter() - started)
@@ -145,6 +150,7 @@ def main() -> None:
     hint_tag = args.hints.replace(",", "+").replace("=", "-")
     setting = (f"{cut_path.stem}_T{args.temperature:g}_a{args.alpha:g}_lr{args.lr:g}_e{args.epochs}_b{args.batch_size}"
                f"_ema{args.ema:g}_s{args.seed}"
+               f"{'' if args.augment_shift is None else f'_aug{args.augment_shift}'}"
                f"{f'_hints{hint_tag}w{args.hint_weight:g}' if args.hints else ''}")
     result = {"command": " ".join(sys.argv), "setting": setting, "cut model": cut_path.name,
               "dense keras accuracy": round(common.keras_accuracy(dense, data), 4),
