@@ -2,10 +2,13 @@
 
     python examples/bayesian_pruning.py [--method sbp] [--epochs 5] [--beta 1.0] [--out build/]
     python examples/bayesian_pruning.py --keep conv1=6,conv2=13,fc1=55   # a chosen size, reached gradually
+    python examples/bayesian_pruning.py --keep conv1=6,conv2=13,fc1=55 --finetune 60   # then distilled
 
 Without ``--keep`` each method's own rule decides what stays (``bayesian.structure``). With it,
 ``PosteriorPruning`` cuts to that sub-architecture during the first epochs, the channels of lowest
-posterior importance first, so the last epochs train the model at its final size.
+posterior importance first, so the last epochs train the model at its final size. ``--finetune N``
+then distils the small model from the dense one for N epochs on left-right flips that both see
+(the recipe of the README's Bayesian table).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import argparse
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 import tfcompress
 from tfcompress import bayesian
+from tfcompress.distillation import Distiller
 from tfcompress.export import evaluate, to_tflite
 
 
@@ -26,6 +31,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--beta", type=float, default=1.0, help="KL weight after warm-up (1 = ELBO)")
     parser.add_argument("--keep", default="", help="channels to keep per layer, e.g. conv1=6,conv2=13,fc1=55")
+    parser.add_argument("--finetune", type=int, default=0,
+                        help="epochs of distillation from the dense model after the cut (0: none)")
     parser.add_argument("--out", default="build")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N training and test images "
                         "(a quick check that the flow runs; 0: all)")
@@ -54,6 +61,16 @@ def main() -> None:
         print(f"{name}: {info['kept']} of {info['total']} channels kept")
     small, report = tfcompress.shrink(bayes, return_report=True)
     print(report.text())
+    if args.finetune:
+        # teacher and student see the same flipped views (Beyer et al. 2022): on the plain images a
+        # long fine-tuning overfits the teacher's soft targets
+        flip = keras.layers.RandomFlip("horizontal")
+        views = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).batch(128)
+                 .map(lambda images, labels: (flip(images, training=True), labels)))
+        rate = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=-(-len(x) // 128) * args.finetune)
+        distiller = Distiller(small, model, temperature=4.0, alpha=0.1)
+        distiller.compile(keras.optimizers.Adam(rate), loss, metrics=["accuracy"])
+        distiller.fit(views, epochs=args.finetune, verbose=2)
     to_tflite(small, out / "bayes.tflite", "int8", representative_data=x[:500])
     print("LiteRT int8 accuracy", evaluate(out / "bayes.tflite", x_test, y_test).accuracy)
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not _have_fashion_mnist(),
     ("export_int8.py", [], ["lenet.tflite", "firmware"]),
     ("prune_and_shrink.py", [], ["dense.tflite", "small.tflite"]),
     ("qat.py", [], ["qat.tflite", "firmware_qat"]),
-    ("bayesian_pruning.py", ["--keep", "conv1=6,conv2=13,fc1=55"], ["bayes.tflite"]),
+    ("bayesian_pruning.py", ["--keep", "conv1=6,conv2=13,fc1=55", "--finetune", "1"], ["bayes.tflite"]),
 ])
 def test_example_runs(script, extra, outputs, tmp_path):
     done = subprocess.run([sys.executable, str(EXAMPLES / script), "--epochs", "1", "--limit", "512",
