@@ -44,6 +44,7 @@ def main() -> None:
     (x, y), (x_test, y_test) = tfcompress.datasets.fashion_mnist()
     if args.limit:
         x, y, x_test, y_test = x[:args.limit], y[:args.limit], x_test[:args.limit], y_test[:args.limit]
+    steps_per_epoch = -(-len(x) // 128)
     model = tfcompress.models.lenet5_caffe()
     model.compile("adam", loss, metrics=["accuracy"])
     model.fit(x, y, epochs=3, batch_size=128, verbose=2)
@@ -53,9 +54,9 @@ def main() -> None:
     callbacks = [tfcompress.callbacks.KLAnnealing(warmup_epochs=max(1, args.epochs // 2), max_weight=args.beta)]
     if args.keep:
         keep = {name: int(k) for name, k in (item.split("=") for item in args.keep.split(","))}
-        steps = -(-len(x) // 128) * args.epochs
         # the cut ends two thirds of the way: the last third trains the model at its final size
-        callbacks.append(tfcompress.callbacks.PosteriorPruning(keep, begin_step=0, end_step=2 * steps // 3, verbose=1))
+        end_step = 2 * steps_per_epoch * args.epochs // 3
+        callbacks.append(tfcompress.callbacks.PosteriorPruning(keep, begin_step=0, end_step=end_step, verbose=1))
     bayes.fit(x, y, epochs=args.epochs, batch_size=128, verbose=2, callbacks=callbacks)
     for name, info in bayesian.structure(bayes).items():
         print(f"{name}: {info['kept']} of {info['total']} channels kept")
@@ -67,7 +68,7 @@ def main() -> None:
         flip = keras.layers.RandomFlip("horizontal")
         views = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).batch(128)
                  .map(lambda images, labels: (flip(images, training=True), labels)))
-        rate = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=-(-len(x) // 128) * args.finetune)
+        rate = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=steps_per_epoch * args.finetune)
         distiller = Distiller(small, model, temperature=4.0, alpha=0.1)
         distiller.compile(keras.optimizers.Adam(rate), loss, metrics=["accuracy"])
         distiller.fit(views, epochs=args.finetune, verbose=2)

@@ -87,12 +87,13 @@ class PosteriorPruning(keras.callbacks.Callback):
         return kept
 
     def on_train_batch_end(self, batch, logs=None):
-        from tfcompress import bayesian
-
         # the optimizer's step, read at the first batch (after BackupAndRestore, whatever the
         # callbacks' order, has restored it), then counted here instead of read every batch
         self._step = int(self.model.optimizer.iterations.numpy()) if self._step is None else self._step + 1
         if self._schedule.should_prune(self._step) or self._step == self._schedule.end_step:
+            # imported here, not every batch: only the steps that prune need it
+            from tfcompress import bayesian
+
             bayesian.mask_to(self._layers, self.target(self._step))
 
     def kept(self) -> dict[str, int]:
