@@ -303,12 +303,17 @@ def test_l2_channel_criterion_matches_numpy():
     assert {w.layer.name for w in wrappers} == {"conv1", "dw", "conv2", "fc"}
     kernels = {w.layer.name: kernel(w).copy() for w in wrappers}
     update_masks(model, 0)
+    norms_of = {name: numpy_channel_norms(k, name == "dw", "l2")[0] for name, k in kernels.items()}
+    # conv1 and its depthwise layer share their channels: one score per channel, the mean of the
+    # two layers' norms each divided by its layer's mean (issue 24), one choice for both
+    coupled = (norms_of["conv1"] / norms_of["conv1"].mean() + norms_of["dw"] / norms_of["dw"].mean()) / 2
     for w in wrappers:
-        norms, _ = numpy_channel_norms(kernels[w.layer.name], w.layer.name == "dw", "l2")
+        norms = norms_of[w.layer.name]
         np.testing.assert_allclose(w.criterion.channel_scores(w)[w.channel_mask_numpy() == 1],
                                    norms[w.channel_mask_numpy() == 1], rtol=1e-5)
+        ranking = coupled if w.layer.name in ("conv1", "dw") else norms
         expected = np.ones(norms.size)
-        expected[np.argsort(norms, kind="stable")[: round(0.5 * norms.size)]] = 0
+        expected[np.argsort(ranking, kind="stable")[: round(0.5 * norms.size)]] = 0
         np.testing.assert_array_equal(w.channel_mask_numpy(), expected, err_msg=w.layer.name)
         # whole channels: every kernel entry of a pruned channel is 0, of a kept one is 1
         mask = keras.ops.convert_to_numpy(w.mask)
@@ -316,23 +321,32 @@ def test_l2_channel_criterion_matches_numpy():
         assert np.all(flat == expected[None, :])
 
 
-def reference_global_channels(scores: list[np.ndarray], sparsity: float, fraction: float) -> list[np.ndarray]:
-    """Water-filling: walk the global ranking, each layer prunes at most (n - floor) channels,
-    stop once round(sparsity * total) channels are pruned (Tanaka et al. 2020's floor)."""
-    sizes = [s.size for s in scores]
+def reference_global_channels(units: list[np.ndarray], costs: list[int], sparsity: float,
+                              fraction: float) -> list[np.ndarray]:
+    """Water-filling over channel groups ("units"): walk the global ranking, each group of units
+    keeps at least ceil(fraction * n), a unit costs one channel per member layer, stop once
+    round(sparsity * channels) are pruned (Tanaka et al. 2020's floor; issue 24's groups)."""
+    sizes = [u.size for u in units]
     caps = [n - max(1, int(np.ceil(fraction * n))) for n in sizes]
     owner = np.concatenate([np.full(n, i) for i, n in enumerate(sizes)])
-    order = np.argsort(np.concatenate(scores), kind="stable")
-    budget = round(sparsity * sum(sizes))
-    for r in range(len(order) + 1):
-        counts = np.bincount(owner[order[:r]], minlength=len(sizes))
-        pruned = np.minimum(counts, caps)
-        if pruned.sum() >= budget:
+    order = np.argsort(np.concatenate(units), kind="stable")
+    budget = round(sparsity * sum(n * c for n, c in zip(sizes, costs, strict=True)))
+    pruned = np.zeros(len(units), int)
+    chosen = [[] for _ in units]
+    offsets = np.cumsum([0, *sizes])
+    for index in order:
+        i = owner[index]
+        if budget <= 0:
             break
+        if pruned[i] >= caps[i] or costs[i] > budget:
+            continue
+        pruned[i] += 1
+        budget -= costs[i]
+        chosen[i].append(index - offsets[i])
     masks = []
-    for s, p in zip(scores, pruned, strict=True):
-        keep = np.ones(s.size)
-        keep[np.argsort(s, kind="stable")[:p]] = 0
+    for u, picked in zip(units, chosen, strict=True):
+        keep = np.ones(u.size)
+        keep[picked] = 0
         masks.append(keep)
     return masks
 
@@ -345,26 +359,28 @@ def test_global_channel_masks_match_numpy_with_the_floor(norm):
     model = prune(base, ConstantSparsity(0.5, 0, frequency=1), granularity="channel", scope="global",
                   criterion=MagnitudeCriterion(norm), min_keep_fraction=0.25)
     wrappers = pruning_wrappers(model)
+    assert [w.layer.name for w in wrappers] == ["conv1", "dw", "conv2", "fc"]
     scores = []
     for w in wrappers:
         values, group = numpy_channel_norms(kernel(w), w.layer.name == "dw", norm)
         scores.append(values / (group if norm == "l1" else np.sqrt(group)))  # per-weight norm: fan-ins compare
     update_masks(model, 0)
-    expected = reference_global_channels(scores, 0.5, 0.25)
+    # conv1 and dw share their channels: one unit per channel, scored by the mean of both, cost 2
+    units = [(scores[0] + scores[1]) / 2, scores[2], scores[3]]
+    expected = reference_global_channels(units, [2, 1, 1], 0.5, 0.25)
+    expected = [expected[0], expected[0], expected[1], expected[2]]
     for w, e in zip(wrappers, expected, strict=True):
         np.testing.assert_array_equal(w.channel_mask_numpy(), e, err_msg=w.layer.name)
     channels = [w.channel_mask_numpy() for w in wrappers]
     assert sum(int((c == 0).sum()) for c in channels) == round(0.5 * sum(c.size for c in channels))
-    # conv1 (and fc, of large fan-in) would collapse without the floor: they keep exactly their floor;
-    # the other layers are cut at one threshold
-    total = round(0.5 * sum(s.size for s in scores))
-    lowest = np.argsort(np.concatenate(scores), kind="stable")[:total]
-    assert np.all(np.isin(np.arange(8), lowest))
-    assert channels[0].sum() == np.ceil(0.25 * 8) and channels[3].sum() == np.ceil(0.25 * 16)
-    free = [i for i in range(1, len(channels)) if channels[i].sum() > np.ceil(0.25 * channels[i].size)]
-    assert len(free) >= 2
-    pruned_free = np.concatenate([scores[i][channels[i] == 0] for i in free])
-    kept_free = np.concatenate([scores[i][channels[i] == 1] for i in free])
+    # conv1 + dw would collapse without the floor: they keep exactly their floor; the groups
+    # above their floor (conv2, fc) are cut at one threshold
+    assert channels[0].sum() == np.ceil(0.25 * 8)
+    np.testing.assert_array_equal(channels[0], channels[1])
+    free = [i for i in (2, 3) if channels[i].sum() > np.ceil(0.25 * channels[i].size)]
+    assert free
+    pruned_free = np.concatenate([units[i - 1][channels[i] == 0] for i in free])
+    kept_free = np.concatenate([units[i - 1][channels[i] == 1] for i in free])
     assert pruned_free.size and pruned_free.max() <= kept_free.min()
 
 

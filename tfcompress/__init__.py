@@ -18,29 +18,34 @@ import sys
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "bayesian", "callbacks", "clustering", "criteria", "datasets", "distillation", "errors", "export", "layers", "metrics",
-    "models", "packing", "pipelines", "pruning", "qat", "quantizers", "regularizers", "schedules", "surgery",
+    "bayesian", "callbacks", "datasets", "distillation", "errors", "export", "layers", "metrics", "models",
+    "pruning", "quantization", "quantizers",
+)
+# Deprecated aliases of modules that moved into the packages above (still importable).
+_DEPRECATED_SUBMODULES = (
+    "clustering", "criteria", "packing", "pipelines", "qat", "regularizers", "schedules", "surgery",
 )
 _FUNCTIONS = {
     "prune": "tfcompress.pruning",
     "strip": "tfcompress.pruning",
     "pruning_summary": "tfcompress.pruning",
-    "iterative_prune": "tfcompress.pipelines",
-    "shrink": "tfcompress.surgery",
-    "quantize": "tfcompress.qat",
-    "cluster": "tfcompress.clustering",
-    "strip_clustering": "tfcompress.clustering",
-    "deep_compression_size": "tfcompress.clustering",
+    "iterative_prune": "tfcompress.pruning.pipelines",
+    "shrink": "tfcompress.pruning.surgery",
+    "quantize": "tfcompress.quantization.qat",
+    "cluster": "tfcompress.quantization.clustering",
+    "strip_clustering": "tfcompress.quantization.clustering",
+    "deep_compression_size": "tfcompress.quantization.clustering",
 }
-# Modules whose import registers Keras-serializable classes.
-_REGISTERING = ("layers", "callbacks", "schedules", "criteria", "regularizers", "quantizers", "bayesian",
-                "clustering", "qat", "distillation")
+# Modules whose import registers Keras-serializable classes (and, for pruning and bayesian, the
+# strip functions `shrink` applies, in this order).
+_REGISTERING = ("layers", "callbacks", "pruning", "pruning.schedules", "pruning.criteria", "pruning.regularizers",
+                "quantizers", "bayesian", "quantization.clustering", "quantization.qat", "distillation")
 
-__all__ = ["__version__", *sorted(_SUBMODULES), *sorted(_FUNCTIONS)]
+__all__ = ["__version__", *sorted(_SUBMODULES + _DEPRECATED_SUBMODULES), *sorted(_FUNCTIONS)]
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or name in _DEPRECATED_SUBMODULES:
         return importlib.import_module(f"tfcompress.{name}")
     if name in _FUNCTIONS:
         return getattr(importlib.import_module(_FUNCTIONS[name]), name)

@@ -176,7 +176,7 @@ def _compress(model, x_train, y_train, x_test, y_test, out: Path, log) -> dict:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     steps = math.ceil(len(x_train) / 128)
     log("[4a/6] compression: pruning 50% of the channels (one epoch), then shrink")
-    schedule = tfcompress.schedules.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=steps // 2, frequency=max(steps // 8, 1))
+    schedule = tfcompress.pruning.schedules.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=steps // 2, frequency=max(steps // 8, 1))
     pruned = tfcompress.prune(model, schedule=schedule, granularity="channel")
     pruned.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     pruned.fit(x_train, y_train, batch_size=128, epochs=1, verbose=0, callbacks=[tfcompress.callbacks.UpdatePruning()])

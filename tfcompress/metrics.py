@@ -60,7 +60,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -435,105 +434,33 @@ def _has_weights(layer) -> bool:
     return bool(getattr(layer, "weights", None))
 
 
-_ELEMENTWISE = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
-
-
 def _kind(layer) -> str:
-    import keras
+    """The MAC-counting kind of ``layer``, from its handler (``tfcompress.core``)."""
+    from tfcompress.core import handler_for
 
-    L = keras.layers
-    if isinstance(layer, L.Wrapper) and not hasattr(layer, "tfcompress_macs"):
-        return _kind(layer.layer)
-    conv = (
-        L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D,
-        L.SeparableConv1D, L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose,
-        L.Conv3DTranspose,
-    )
-    if isinstance(layer, conv):
-        return "conv"
-    if isinstance(layer, L.Dense | L.EinsumDense):
-        return "dense"
-    pooling, global_pooling = _pooling_classes()
-    if isinstance(layer, pooling + global_pooling):
-        return "pool"
-    if isinstance(layer, L.BatchNormalization):
-        return "norm"
-    if type(layer).__name__ in _ELEMENTWISE:
-        return "elementwise"
-    # A tfcompress wrapper may name the kind of what it wraps.
-    return str(getattr(layer, "tfcompress_kind", "other"))
-
-
-@cache
-def _pooling_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(windowed pooling classes, global pooling classes); looked up lazily to keep import cheap."""
-    import keras
-
-    L = keras.layers
-    return (
-        (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D),
-        (
-            L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-            L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-        ),
-    )
+    handler = handler_for(layer, inherit=True)
+    if handler.kind == "other" and hasattr(layer, "layer") and not hasattr(layer, "tfcompress_macs"):
+        return _kind(layer.layer)  # a wrapper: the wrapped layer's kind
+    if handler.kind == "other" and hasattr(layer, "tfcompress_kind"):
+        return str(layer.tfcompress_kind)  # a tfcompress layer may name its kind
+    return handler.kind
 
 
 def layer_macs(layer, input_shapes: list[Shape], output_shapes: list[Shape]) -> int | None:
-    """MACs of one call of ``layer`` (shapes with batch 1), by the conventions in the module doc."""
-    import keras
+    """MACs of one call of ``layer`` (shapes with batch 1), by the conventions in the module doc:
+    each layer type's handler (``tfcompress.core.LayerHandler.macs``) counts its own."""
+    from tfcompress.core import handler_for
 
-    L = keras.layers
     if hasattr(layer, "tfcompress_macs"):
         in_arg = input_shapes[0] if len(input_shapes) == 1 else list(input_shapes)
         out_arg = output_shapes[0] if len(output_shapes) == 1 else list(output_shapes)
         return int(layer.tfcompress_macs(in_arg, out_arg))
     if not input_shapes or not output_shapes:
         return 0 if not _has_weights(layer) else None
-    in_el, out_el = _numel(input_shapes[0]), _numel(output_shapes[0])
-
-    if isinstance(layer, L.TimeDistributed):
-        steps = input_shapes[0][1]
-        inner = layer_macs(
-            layer.layer, [(1, *input_shapes[0][2:])], [(1, *output_shapes[0][2:])]
-        )
-        return None if inner is None or steps is None else steps * inner
-    if isinstance(layer, L.Bidirectional):
-        return None
-    if isinstance(layer, L.Wrapper):
+    handler = handler_for(layer, inherit=True)
+    if not handler.known and hasattr(layer, "layer"):  # a Keras wrapper: the wrapped layer's MACs
         return layer_macs(layer.layer, input_shapes, output_shapes)
-
-    if isinstance(layer, L.SeparableConv1D | L.SeparableConv2D):
-        if out_el is None:
-            return None
-        depthwise = tuple(layer.depthwise_kernel.shape)  # kernel_size + (in, depth_multiplier)
-        spatial = out_el // layer.filters
-        return spatial * (math.prod(depthwise) + depthwise[-2] * depthwise[-1] * layer.filters)
-    if isinstance(layer, L.DepthwiseConv1D | L.DepthwiseConv2D):
-        # kernel: kernel_size + (in, depth_multiplier); each output element is one window.
-        return None if out_el is None else out_el * math.prod(tuple(layer.kernel.shape)[:-2])
-    if isinstance(layer, L.Conv1DTranspose | L.Conv2DTranspose | L.Conv3DTranspose):
-        # kernel: kernel_size + (filters, in); every input element scatters into a window.
-        kernel = tuple(layer.kernel.shape)
-        return None if in_el is None else in_el * math.prod(kernel[:-2]) * kernel[-2]
-    if isinstance(layer, L.Conv1D | L.Conv2D | L.Conv3D):
-        # kernel: kernel_size + (in / groups, filters).
-        return None if out_el is None else out_el * math.prod(tuple(layer.kernel.shape)[:-1])
-    if isinstance(layer, L.Dense):
-        return None if out_el is None else out_el * int(layer.kernel.shape[0])
-    pooling, global_pooling = _pooling_classes()
-    if isinstance(layer, pooling):
-        return None if out_el is None else out_el * math.prod(layer.pool_size)
-    if isinstance(layer, global_pooling):
-        return in_el
-    if isinstance(layer, L.BatchNormalization):
-        return out_el
-    if type(layer).__name__ in _ELEMENTWISE:
-        # An op with one tensor operand (``x * 2.0``) still does one operation per element.
-        return None if out_el is None else max(1, len(input_shapes) - 1) * out_el
-    if isinstance(layer, L.Embedding):
-        return 0
-    return None if _has_weights(layer) else 0
+    return handler.macs(layer, input_shapes, output_shapes)
 
 
 # ---------------------------------------------------------------------------------------------

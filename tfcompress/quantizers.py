@@ -25,7 +25,7 @@ straight-through estimator (STE). Quantizers are resolved by name with `get`
     threshold and scale per layer; here they are per output channel, which int8 TFLite stores
     exactly (per-channel weight scales). Gradient straight through (identity).
 
-Attributes used by layers and `tfcompress.packing`: ``levels`` (2 or 3 distinct values per
+Attributes used by layers and `tfcompress.quantization.packing`: ``levels`` (2 or 3 distinct values per
 channel), ``bits`` (log2(levels): the information per weight), ``packed_bits`` (what a bit-packed
 kernel stores per weight: 1 or 2), ``scaled`` (one float scale per output channel is stored),
 ``activation`` (may quantize activations).

@@ -16,7 +16,7 @@ counts: at step t each named layer keeps
 channels, the ones of highest posterior importance (``channel_importance()``: Dirichlet's
 posterior mean, VCP's |mu|, SBP's SNR, BC's -log alpha, sparse VD's surviving weights), updated
 every ``frequency`` steps from ``begin_step`` to ``end_step`` (tfmot's ``PolynomialDecay``
-parameters, ``tfcompress.schedules.PolynomialDecay``). Masks are permanent and are layer
+parameters, ``tfcompress.pruning.schedules.PolynomialDecay``). Masks are permanent and are layer
 variables: a model saved mid-schedule reloads with them, and the step is the optimizer's
 ``iterations``, restored with it (``BackupAndRestore``, a ``.keras`` file), so a resumed run
 continues the schedule where it stopped. At ``end_step`` the model is at ``keep``; ``strip`` and
@@ -38,7 +38,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcompressError
-from tfcompress.schedules import PolynomialDecay
+from tfcompress.pruning.schedules import PolynomialDecay
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")

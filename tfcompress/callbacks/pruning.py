@@ -15,13 +15,17 @@ import keras
 
 from tfcompress.errors import TfcompressError
 from tfcompress.pruning import mask_sparsity, pruning_wrappers, update_masks
+from tfcompress.pruning.groups import removable_channels
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class UpdatePruning(keras.callbacks.Callback):
     """Keep the pruning step and the masks of a `tfcompress.prune` model up to date during `fit`.
 
-    Adds ``sparsity`` (fraction of zero kernel weights over all pruned layers) to the epoch logs.
+    Adds ``sparsity`` (fraction of zero kernel weights over all pruned layers) to the epoch logs,
+    and for channel pruning ``removable_channels``: the fraction of the channel-pruned layers'
+    output channels that ``tfcompress.shrink`` will really remove (coupled channels go together,
+    ``tfcompress.pruning.groups``).
     """
 
     def __init__(self) -> None:
@@ -47,6 +51,10 @@ class UpdatePruning(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None and self._wrappers:
             logs["sparsity"] = mask_sparsity(self._wrappers)
+            removable = removable_channels(self.model)
+            if removable:
+                total = sum(int(w.channel_mask_numpy().size) for w in self._wrappers if w.layer.name in removable)
+                logs["removable_channels"] = sum(removable.values()) / max(total, 1)
 
     def get_config(self) -> dict[str, Any]:
         return {}

@@ -193,6 +193,18 @@ def _convert(model, quantization, samples, io_dtype, allow_float, batch_size) ->
     return converter.convert()
 
 
+def _refuse_before_calibration(model, where: str) -> None:
+    """Layers whose full-integer conversion would crash TensorFlow (or cannot work) are refused
+    by name here, before calibration starts (their handler's ``int8_refusal``)."""
+    from tfcompress.core import handler_for, iter_layers
+
+    for layer in iter_layers(model, models=False, wrapped=True):
+        reason = handler_for(layer, inherit=True).int8_refusal
+        if reason:
+            raise ConversionError(f"cannot export {type(layer).__name__} layer {layer.name!r} to full int8",
+                                  where, reason)
+
+
 def to_tflite(
     model,
     path: str | os.PathLike,
@@ -261,6 +273,8 @@ def to_tflite(
     if not target.parent.is_dir():
         raise TfcompressError("output directory does not exist", str(target.parent), "create it first")
 
+    if quantization == "int8":
+        _refuse_before_calibration(model, str(target))
     samples = None
     notes: list[str] = []
     model, materialized = _materialize(model)
@@ -276,8 +290,8 @@ def to_tflite(
     try:
         if uses_fake_quant(model):
             # a QAT model is traced with float weights: the converter quantizes them per channel
-            # with the formula the fake quantization simulated (see tfcompress.qat)
-            from tfcompress.qat import export_mode
+            # with the formula the fake quantization simulated (see tfcompress.quantization.qat)
+            from tfcompress.layers.fake_quant import export_mode
 
             with export_mode(model):
                 flatbuffer = _convert(model, quantization, samples, io_dtype, allow_float_fallback, batch_size)

@@ -1,16 +1,21 @@
-"""Keras layers: Bayesian pruning layers, pruning wrappers, quantized and hashed layers."""
+"""Keras layers: Bayesian pruning layers, pruning wrappers, quantized and hashed layers.
 
-from tfcompress.clustering import ClusterWeights
+The layers sit below the methods: modules here import nothing from `tfcompress.pruning`,
+`tfcompress.quantization`, `tfcompress.bayesian`, `tfcompress.export` or the callbacks
+(tests/test_imports.py checks it).
+"""
+
 from tfcompress.layers.bayesian_compression import BCConv2D, BCDense
 from tfcompress.layers.binary import BinaryConv2D, BinaryDense, QuantizeActivation
+from tfcompress.layers.cluster_weights import ClusterWeights
 from tfcompress.layers.dirichlet import DirichletSwitch, freeze_all_but_switches
+from tfcompress.layers.fake_quant import ActivationQuantizer, QuantizedLayer, SharedRangeQuantizer
 from tfcompress.layers.hashed import HashedConv2D, HashedDense
 from tfcompress.layers.lognormal import LogNormalDropout
+from tfcompress.layers.prune_low_magnitude import MaskedBatchNormalization, PruneLowMagnitude
 from tfcompress.layers.sparse_vd import VariationalConv2D, VariationalDense
 from tfcompress.layers.ternary import TernaryConv2D, TernaryDense
 from tfcompress.layers.variational_bn import VariationalBatchNormalization
-from tfcompress.pruning import MaskedBatchNormalization, PruneLowMagnitude
-from tfcompress.qat import ActivationQuantizer, QuantizedLayer, SharedRangeQuantizer
 
 __all__ = [
     "ActivationQuantizer",

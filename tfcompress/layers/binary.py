@@ -30,100 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
 
 from tfcompress import quantizers
+from tfcompress.core import rebuild, trace
 from tfcompress.errors import TfcompressError
-
-
-def _resolve(identifier, where: str, argument: str) -> quantizers.Quantizer | None:
-    try:
-        return quantizers.get(identifier)
-    except TfcompressError as exc:
-        raise TfcompressError(exc.what, f"{where}({argument})", exc.fix) from None
-
-
-def _check_no_lora(kwargs: dict[str, Any], where: str) -> None:
-    if kwargs.get("lora_rank"):
-        raise TfcompressError(
-            "LoRA is not supported on quantized-kernel layers",
-            f"{where}(lora_rank)",
-            "drop lora_rank",
-        )
-
-
-class _QuantizedKernelMixin:
-    """Shared by the binary and ternary layers: quantize the kernel (and optionally the inputs)
-    in ``call``; `tfcompress_effective_weights` gives the weights a plain layer would hold."""
-
-    tfcompress_quantized_kernel = True
-
-    def _init_quantizers(self, kernel_quantizer, input_quantizer, levels: int) -> None:
-        where = type(self).__name__
-        kernel = _resolve(kernel_quantizer, where, "kernel_quantizer")
-        if kernel is None or kernel.levels != levels:
-            kinds = {2: "binary", 3: "ternary"}
-            raise TfcompressError(
-                f"{where} needs a {kinds[levels]} kernel quantizer, got {kernel!r}",
-                f"{where}(kernel_quantizer)",
-                "use BinaryDense/BinaryConv2D with 'xnor_weight', 'magnitude_aware_sign' or "
-                "'ste_sign', TernaryDense/TernaryConv2D for ternary weights",
-            )
-        activation = _resolve(input_quantizer, where, "input_quantizer")
-        if activation is not None and not activation.activation:
-            raise TfcompressError(
-                f"{activation!r} quantizes weights per output channel, not activations",
-                f"{where}(input_quantizer)",
-                "use input_quantizer='ste_sign' or None",
-            )
-        self.kernel_quantizer = kernel
-        self.input_quantizer = activation
-
-    def quantized_kernel(self):
-        """The quantized kernel (a tensor; the gradient reaches the latent kernel by the STE)."""
-        return self.kernel_quantizer(keras.ops.convert_to_tensor(self.kernel))
-
-    def kernel_scale(self) -> np.ndarray:
-        """The per-output-channel scale alpha_c of the quantized kernel (ones for ``ste_sign``)."""
-        return keras.ops.convert_to_numpy(
-            self.kernel_quantizer.scale(keras.ops.convert_to_tensor(self.kernel))
-        )
-
-    def call(self, inputs, training=None):
-        from keras import ops
-
-        if self.input_quantizer is not None:
-            inputs = self.input_quantizer(inputs)
-        kernel = self.quantized_kernel()
-        if isinstance(self, keras.layers.Dense):
-            outputs = ops.matmul(inputs, kernel)
-            if self.use_bias:
-                outputs = ops.add(outputs, self.bias)
-        else:
-            outputs = self.convolution_op(inputs, kernel)
-            if self.use_bias:
-                if self.data_format == "channels_last":
-                    shape = (1,) * (self.rank + 1) + (self.filters,)
-                else:
-                    shape = (1, self.filters) + (1,) * self.rank
-                outputs = ops.add(outputs, ops.reshape(self.bias, shape))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
-
-    def tfcompress_effective_weights(self) -> list[np.ndarray]:
-        """[quantized kernel, bias]: the weights of the equivalent plain Dense / Conv2D."""
-        weights = [
-            keras.ops.convert_to_numpy(
-                self.kernel_quantizer.forward(keras.ops.convert_to_tensor(self.kernel))
-            )
-        ]
-        if self.use_bias:
-            weights.append(keras.ops.convert_to_numpy(self.bias))
-        return weights
-
-    def _quantizer_config(self) -> dict[str, Any]:
-        return {"input_quantizer": quantizers.serialize(self.input_quantizer)}
+from tfcompress.layers._quantized_kernel import _check_no_lora, _QuantizedKernelMixin, _resolve
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -235,61 +146,26 @@ def materialize(model: keras.Model) -> keras.Model:
             type(model).__name__,
             "build the model with keras.Input first",
         )
-    pairs: list[tuple[Any, Any]] = []
-    plain = _rebuild(model, pairs)
-    for source, target in pairs:
-        if _is_quantized(source):
-            target.set_weights(source.tfcompress_effective_weights())
-        elif source.weights:
-            target.set_weights(source.get_weights())
-    return plain
+    return _rebuild(model)
 
 
-def _clone_layer(layer, pairs):
-    if isinstance(layer, keras.Model):
-        return _rebuild(layer, pairs)
-    new = (
-        _plain_layer(layer)
-        if _is_quantized(layer)
-        else layer.__class__.from_config(layer.get_config())
-    )
-    pairs.append((layer, new))
-    return new
+def _rebuild(model: keras.Model) -> keras.Model:
+    """``model`` with each binary / ternary layer replaced by its plain layer (quantized
+    weights), preceded by its input quantizer as an activation."""
 
+    def replace(node, args, kwargs):
+        layer = node.op
+        if not _is_quantized(layer):
+            return None
+        x = args[0]
+        if layer.input_quantizer is not None:
+            x = _activation_for(layer)(x)
+        new = _plain_layer(layer)
+        out = new(x, *args[1:], **kwargs)
+        new.set_weights(layer.tfcompress_effective_weights())
+        return out
 
-def _rebuild(model: keras.Model, pairs) -> keras.Model:
-    if isinstance(model, keras.Sequential):
-        if not getattr(model, "inputs", None):
-            raise TfcompressError(
-                "a nested Sequential model has no Input",
-                model.name,
-                "start it with keras.Input(shape)",
-            )
-        layers: list[Any] = [
-            keras.Input(tuple(model.inputs[0].shape)[1:], dtype=model.inputs[0].dtype)
-        ]
-        for layer in model.layers:
-            if _is_quantized(layer) and layer.input_quantizer is not None:
-                layers.append(_activation_for(layer))
-            layers.append(_clone_layer(layer, pairs))
-        return keras.Sequential(layers, name=model.name)
-
-    sources: dict[int, Any] = {}
-
-    def clone_function(layer):
-        new = _clone_layer(layer, pairs)
-        sources[id(new)] = layer
-        return new
-
-    def call_function(layer, *args, **kwargs):
-        source = sources.get(id(layer))
-        if source is not None and _is_quantized(source) and source.input_quantizer is not None:
-            args = (_activation_for(source)(args[0]), *args[1:])
-        return layer(*args, **kwargs)
-
-    return keras.models.clone_model(
-        model, clone_function=clone_function, call_function=call_function
-    )
+    return rebuild(trace(model, where="materialize", inline=False), replace, as_clone=True)
 
 
 def __getattr__(name: str):

@@ -34,6 +34,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcompress.core import rebuild, trace
 from tfcompress.errors import TfcompressError
 
 _M1 = np.uint32(0x85EBCA6B)
@@ -223,27 +224,18 @@ def materialize(model: keras.Model) -> keras.Model:
         raise TfcompressError(f"cannot materialize a {type(model).__name__}",
                               getattr(model, "name", "model"),
                               "build the model as keras.Sequential or with keras.Input")
-    pairs: list[tuple[Any, Any]] = []
+    def replace(node, args, kwargs):
+        layer = node.op
+        if not getattr(layer, "tfcompress_hashed", False):
+            return None
+        base = keras.layers.Dense if isinstance(layer, keras.layers.Dense) else keras.layers.Conv2D
+        config = {k: v for k, v in layer.get_config().items() if k not in ("compression", "seed")}
+        new = base.from_config(config)
+        out = new(*args, **kwargs)
+        new.set_weights(layer.tfcompress_effective_weights())
+        return out
 
-    def replace(layer):
-        config = layer.get_config()
-        if getattr(layer, "tfcompress_hashed", False):
-            base = keras.layers.Dense if isinstance(layer, keras.layers.Dense) \
-                else keras.layers.Conv2D
-            config = {k: v for k, v in config.items() if k not in ("compression", "seed")}
-            new = base.from_config(config)
-        else:
-            new = layer.__class__.from_config(config)
-        pairs.append((layer, new))
-        return new
-
-    plain = keras.models.clone_model(model, clone_function=replace, recursive=True)
-    for source, target in pairs:
-        if getattr(source, "tfcompress_hashed", False):
-            target.set_weights(source.tfcompress_effective_weights())
-        elif source.weights:
-            target.set_weights(source.get_weights())
-    return plain
+    return rebuild(trace(model, where="materialize", inline=False), replace, as_clone=True)
 
 
 @dataclass

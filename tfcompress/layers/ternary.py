@@ -16,7 +16,7 @@ from typing import Any
 import keras
 
 from tfcompress import quantizers
-from tfcompress.layers.binary import _check_no_lora, _QuantizedKernelMixin
+from tfcompress.layers._quantized_kernel import _check_no_lora, _QuantizedKernelMixin
 
 
 class _TernaryMixin(_QuantizedKernelMixin):
