@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from layer_harness import assert_keras_roundtrip
 from scipy import integrate, stats
 
 from tfcompress.errors import TfcompressError
@@ -141,11 +142,7 @@ def test_save_and_load_keras(tmp_path):
     layer.mu.assign([-0.5, -3.0, -0.1])
     layer.log_sigma.assign(np.log([0.1, 3.0, 0.3]))
     x = np.random.default_rng(0).normal(size=(4, 5, 5, 2)).astype("float32")
-    path = tmp_path / "sbp.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
-    assert loaded.layers[2].get_config() == layer.get_config()
+    loaded = assert_keras_roundtrip(model, x, tmp_path, rtol=1e-6, atol=0.0, name="sbp")
     np.testing.assert_array_equal(loaded.layers[2].keep_mask(), [True, False, True])
 
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from layer_harness import assert_keras_roundtrip
 
 from tfcompress.errors import TfcompressError
 from tfcompress.layers.sparse_vd import VariationalConv2D, VariationalDense, approximate_kl
@@ -121,12 +122,7 @@ def test_save_and_load_keras(tmp_path):
     model.fit(x, np.zeros((16, 2)), epochs=1, verbose=0)
     model.layers[1].log_sigma2.assign(np.random.default_rng(1).uniform(-10, 2, model.layers[1].kernel.shape))
     model.layers[1].mask.assign([1.0, 0.0, 1.0])
-    path = tmp_path / "vd.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
-    for original, restored in zip(model.layers, loaded.layers, strict=True):
-        assert original.get_config() == restored.get_config()
+    loaded = assert_keras_roundtrip(model, x, tmp_path, rtol=1e-5, atol=1e-6, name="vd")
     np.testing.assert_array_equal(loaded.layers[1].weight_mask(), model.layers[1].weight_mask())
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from layer_harness import assert_keras_roundtrip
 
 from tfcompress.callbacks.variational_pruning import VariationalPruning
 from tfcompress.errors import TfcompressError
@@ -159,10 +160,7 @@ def test_save_and_load_keras(tmp_path):
     layer = model.layers[2]
     layer.mask.assign([1.0, 0.0, 1.0, 1.0])
     layer.kl_weight.assign(0.25)
-    path = tmp_path / "vbn.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    loaded = assert_keras_roundtrip(model, x, tmp_path, rtol=1e-6, atol=0.0, name="vbn")
     restored = loaded.layers[2]
     assert isinstance(restored, VariationalBatchNormalization)
     assert restored.prior_stddev == 0.3 and restored.dataset_size == 64

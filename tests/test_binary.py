@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import synthetic_images
+from layer_harness import assert_keras_roundtrip
 
 from tfcompress import quantizers
 from tfcompress.errors import TfcompressError
@@ -209,10 +210,8 @@ def test_materialize_and_save_reload(trained, data, tmp_path):
         keras.ops.convert_to_numpy(dense.quantized_kernel()),
         rtol=1e-6,
     )
-    model.save(tmp_path / "m.keras")
-    again = keras.saving.load_model(tmp_path / "m.keras")
+    again = assert_keras_roundtrip(model, x, tmp_path, atol=1e-6, name="m")
     assert type(again.get_layer("conv")) is type(model.get_layer("conv"))
-    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -233,9 +232,7 @@ def test_every_layer_save_reload(layer, tmp_path):
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input(shape), layer])
     x = np.random.default_rng(4).normal(size=(5, *shape)).astype("float32")
-    model.save(tmp_path / "layer.keras")
-    again = keras.saving.load_model(tmp_path / "layer.keras").layers[0]
-    assert again.get_config() == layer.get_config()
+    again = assert_keras_roundtrip(model, x, tmp_path, atol=1e-6, name="layer").layers[0]
     assert type(again.kernel_quantizer) is type(layer.kernel_quantizer)
     assert again.kernel_quantizer.get_config() == layer.kernel_quantizer.get_config()
     np.testing.assert_allclose(again(x).numpy(), layer(x).numpy(), atol=1e-6)
@@ -267,11 +264,7 @@ def test_bnn_materialize_functional_export_and_reload(data, tmp_path):
     np.testing.assert_allclose(
         plain.predict(x_test, verbose=0), model.predict(x_test, verbose=0), rtol=1e-4, atol=1e-4
     )
-    plain.save(tmp_path / "plain.keras")
-    again = keras.saving.load_model(tmp_path / "plain.keras")
-    np.testing.assert_allclose(
-        again.predict(x_test, verbose=0), plain.predict(x_test, verbose=0), atol=1e-6
-    )
+    assert_keras_roundtrip(plain, x_test, tmp_path, atol=1e-6, name="plain")
     path = tmp_path / "bnn.tflite"
     report = to_tflite(plain, path, "int8", representative_data=x[:100])
     assert report.int8_coverage == 1.0 and report.ops.get("SELECT_V2") == 2

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import synthetic_images
+from layer_harness import assert_keras_roundtrip
 
 from tfcompress.clustering import (
     ClusterWeights,
@@ -74,9 +75,7 @@ def test_fine_tuning_keeps_clusters_and_zeros_and_exports(tmp_path):
     assert int((kernel == 0).sum()) == zeros  # sparsity preserved through training
     assert len(np.unique(kernel[kernel != 0])) <= 8
     np.testing.assert_allclose(plain.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0), atol=1e-5)
-    model.save(tmp_path / "c.keras")
-    again = keras.saving.load_model(tmp_path / "c.keras")
-    np.testing.assert_allclose(again.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0), atol=1e-6)
+    assert_keras_roundtrip(model, x[:8], tmp_path, atol=1e-6, name="c")
     to_tflite(plain, tmp_path / "c.tflite", "int8", representative_data=x[:64])
     parsed = load_tflite(tmp_path / "c.tflite")
     fc = next(t for t in parsed.tensors[0] if t.constant and t.dtype == "INT8" and t.shape == (10, 392))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from layer_harness import assert_keras_roundtrip
 
 from tfcompress.models import lenet5_caffe, mobilenet_v2_tiny, residual_cnn
 
@@ -23,9 +24,7 @@ def test_lenet5_caffe_structure_params_and_predict(tmp_path):
     assert y.shape == (3, 10)
     assert not np.allclose(y.sum(axis=1), 1.0)  # not softmax probabilities
 
-    path = tmp_path / "lenet.keras"
-    model.save(path)
-    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), y, rtol=1e-6, atol=1e-6)
+    assert_keras_roundtrip(model, x, tmp_path, rtol=1e-6, atol=1e-6, name="lenet")
 
 
 def test_lenet5_caffe_other_shapes():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from layer_harness import assert_keras_roundtrip
 
 import tfcompress
 from tfcompress.callbacks.pruning import UpdatePruning
@@ -171,9 +172,7 @@ def test_channel_rounds_global_scope_save_and_load(tmp_path):
     assert sum(int((c == 0).sum()) for c in channels.values()) == round(0.5 * 16)
     # the BN after the conv is masked with it
     np.testing.assert_array_equal(np_(pruned.get_layer("masked_bn").channel_mask), channels["conv"])
-    pruned.save(tmp_path / "pruned.keras")
-    again = keras.saving.load_model(tmp_path / "pruned.keras")
-    np.testing.assert_allclose(again.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6)
+    again = assert_keras_roundtrip(pruned, x, tmp_path, atol=1e-6, name="pruned")
     for name, m in masks(pruned).items():
         np.testing.assert_array_equal(masks(again)[name], m)
     schedule = again.get_layer("prune_low_magnitude_conv").pruning_schedule

@@ -7,6 +7,7 @@ import logging
 import keras
 import numpy as np
 import pytest
+from layer_harness import assert_keras_roundtrip
 
 from tfcompress.callbacks.pruning import UpdatePruning, UpdatePruningStep
 from tfcompress.errors import TfcompressError
@@ -238,10 +239,8 @@ def test_serialization_of_the_wrapped_model(tmp_path):
     model = prune(small_cnn(), PolynomialDecay(0.0, 0.6, 0, 8, frequency=2), granularity="channel",
                   criterion="l1")
     fit(model, epochs=1)
-    model.save(tmp_path / "m.keras")
-    again = keras.saving.load_model(tmp_path / "m.keras")
     x, _ = data(8)
-    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    again = assert_keras_roundtrip(model, x, tmp_path, atol=1e-6, name="m")
     assert pruning_summary(again) == pruning_summary(model)
     w = again.get_layer("prune_low_magnitude_conv2")
     assert isinstance(w, PruneLowMagnitude) and w.criterion.norm == "l1"

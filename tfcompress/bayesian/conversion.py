@@ -160,7 +160,13 @@ def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool 
                 return out
             out = call_copy(node, args, kwargs)
             if method in ("dirichlet", "sbp") and not followed_by_bn:
-                out = switch_for(layer)(out)
+                if activation in ("relu", "linear"):
+                    out = switch_for(layer)(out)
+                else:
+                    # a gate >= 0 folds into the producer only through ReLU / linear (strip needs
+                    # that): an SE block's sigmoid or a SiLU layer stays deterministic
+                    logger.info("bayesian.convert: no %s gate after %s (activation %r)", method, layer.name,
+                                activation)
             return out
         if method in ("dirichlet", "sbp") and _is_batch_norm(layer):
             # the switch goes after the BatchNormalization that follows a producer

@@ -366,6 +366,15 @@ class ReshapeHandler(LayerHandler):
             return flow.repeat(node, cout // cin)
         flow.opaque(node, f"a reshape from {cin} to {cout} channels")
 
+    def cut(self, layer, cut):
+        if cut.keep_out.all():
+            return None
+        config = layer.get_config()
+        target = list(config["target_shape"])
+        target[-1] = int(cut.keep_out.sum())
+        config["target_shape"] = tuple(target)
+        return config, {}
+
 
 class _Producer(LayerHandler):
     """Shared by the producers: weights, contributions, the cut of kernel and bias."""

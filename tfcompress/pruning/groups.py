@@ -50,9 +50,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfcompress.core import ChannelFlow, iter_layers, trace
-from tfcompress.layers.prune_low_magnitude import PruneLowMagnitude
+from tfcompress.layers.prune_low_magnitude import MaskedBatchNormalization, PruneLowMagnitude
 
-__all__ = ["ChannelGroup", "channel_groups", "group_channel_masks", "removable_channels"]
+__all__ = ["ChannelGroup", "channel_groups", "follower_masks", "group_channel_masks", "removable_channels"]
 
 
 @dataclass
@@ -219,3 +219,25 @@ def removable_channels(model) -> dict[str, int]:
             if root not in blocked and all(masks[w.name][p] == 0 for w, p in refs)}
     roots_of = _member_roots(flow, wrappers)
     return {w.layer.name: int(sum(r in gone for r in roots_of[w.name].tolist())) for w in wrappers}
+
+
+def follower_masks(model) -> dict[str, np.ndarray]:
+    """``{MaskedBatchNormalization name: channel mask}``: 0 where the BatchNormalization's input
+    channel belongs to a channel group masked in every member (pruned), 1 elsewhere."""
+    followers = [layer for layer in iter_layers(model) if isinstance(layer, MaskedBatchNormalization)]
+    wrappers = [w for w in iter_layers(model) if isinstance(w, PruneLowMagnitude) and w.kind == "channel"]
+    if not followers or not wrappers:
+        return {}
+    flow = _flow(model)
+    members, _ = _dependency_groups(flow, wrappers, wrappers)
+    masks = {w.name: np.asarray(w.channel_mask_numpy()).reshape(-1) for w in wrappers}
+    pruned = {root for root, refs in members.items() if all(masks[w.name][p] == 0 for w, p in refs)}
+    out = {}
+    graph = flow.graph
+    for bn in followers:
+        nodes = graph.nodes_of(bn)
+        if len(nodes) != 1:
+            continue
+        roots = [flow.root(b) for b in flow.origin[nodes[0].inputs[0]].tolist()]
+        out[bn.name] = np.array([r not in pruned for r in roots], np.float32)
+    return out

@@ -52,7 +52,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfcompress.core import copy_layer, handler_for, iter_layers, rebuild, trace
+from tfcompress.core import ChannelFlow, copy_layer, handler_for, iter_layers, rebuild, trace
 from tfcompress.core.strip import register_stripper
 from tfcompress.errors import TfcompressError
 from tfcompress.layers._pruning_base import (
@@ -71,7 +71,7 @@ from tfcompress.layers.prune_low_magnitude import (
     is_prunable,
     prunable_types,
 )
-from tfcompress.pruning.groups import group_channel_masks, removable_channels
+from tfcompress.pruning.groups import follower_masks, group_channel_masks, removable_channels
 
 logger = logging.getLogger("tfcompress")
 
@@ -248,14 +248,22 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
                        "or 'N:M' through layers=", layer.name, type(layer).__name__)
             continue
         plan[id(layer)] = settings
-    # a BatchNormalization right after a channel-pruned layer masks the pruned channels to 0
+    # A BatchNormalization whose channels come from a channel-pruned layer (right after it, or
+    # through a concatenation, pooling, padding...) masks the pruned channels to exactly 0: its
+    # shift would otherwise make them non-zero constants, which a "same"-padded convolution
+    # cannot absorb, so shrink could not remove them.
+    channel_pruned = {layer.name for layer in graph.layers() if id(layer) in plan
+                      and parse_granularity(plan[id(layer)]["granularity"])[0] == "channel"}
     followers: dict[int, str] = {}
-    for node in graph.nodes:
-        source = graph.producer(node.inputs[0]) if len(node.inputs) == 1 else None
-        if handler_for(node.op).kind == "norm" and isinstance(node.op, keras.layers.BatchNormalization) \
-                and source is not None and id(source.op) in plan \
-                and parse_granularity(plan[id(source.op)]["granularity"])[0] == "channel":
-            followers[id(node.op)] = f"prune_low_magnitude_{source.op.name}"
+    if channel_pruned:
+        flow = ChannelFlow(graph, constants=False).run()
+        for node in graph.nodes:
+            if not isinstance(node.op, keras.layers.BatchNormalization) or len(node.inputs) != 1:
+                continue
+            creators = [flow.base_index[int(b)][0] for b in flow.origin[node.inputs[0]]]
+            source = next((name for name in creators if name in channel_pruned), None)
+            if source is not None:
+                followers[id(node.op)] = f"prune_low_magnitude_{source}"
 
     def wrap(node, args, kwargs):
         layer = node.op
@@ -431,11 +439,12 @@ def _channel_masks(model, due: list[tuple[PruneLowMagnitude, float]], nested: bo
 
 
 def _sync_followers(model) -> None:
-    by_name = {w.name: w for w in pruning_wrappers(model)}
+    """Each `MaskedBatchNormalization` masks the channels whose group is pruned in every member
+    (``tfcompress.pruning.groups.follower_masks``), wherever they reach it from."""
+    masks = follower_masks(model)
     for bn in masked_batch_norms(model):
-        source = by_name.get(bn.source)
-        if source is not None:
-            bn.channel_mask.assign(source.channel_mask_numpy().astype("float32"))
+        if bn.name in masks:
+            bn.channel_mask.assign(masks[bn.name].astype("float32"))
 
 
 def mask_sparsity(wrappers) -> float:
