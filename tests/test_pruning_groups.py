@@ -51,8 +51,10 @@ def randomize_batchnorm(model, seed):
                                for i, w in enumerate(layer.get_weights())])
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
-@pytest.mark.parametrize("seed", [0, 1, 2])
+CASES = [(name, seed) for name in sorted(NETS) for seed in ((0,) if name == "mobilenet_v2" else (0, 1, 2))]
+
+
+@pytest.mark.parametrize("name, seed", CASES)
 def test_half_of_every_group_goes_and_shrink_removes_exactly_that(name, seed):
     model = NETS[name](seed)
     randomize_batchnorm(model, seed)

@@ -30,7 +30,7 @@ class UpdatePruning(keras.callbacks.Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.step = 0
+        self.step: int | None = None
         self._wrappers: list = []
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -40,9 +40,13 @@ class UpdatePruning(keras.callbacks.Callback):
                 "UpdatePruning found no pruned layer in the model", self.model.name,
                 "wrap the model with tfcompress.prune(model, schedule=...) before fit",
             )
-        self.step = int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step))
+        # read at the first batch, not here: a BackupAndRestore listed after this callback
+        # restores the wrappers' pruning_step only in its own on_train_begin
+        self.step = None
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self.step is None:
+            self.step = int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step))
         update_masks(self.model, self.step)
         self.step += 1
         for wrapper in self._wrappers:

@@ -49,6 +49,7 @@ import keras
 import numpy as np
 
 from tfcompress.callbacks.rewinding import reset_optimizer, rewind_weights, snapshot_weights
+from tfcompress.core import rebuild, trace
 from tfcompress.errors import TfcompressError
 from tfcompress.layers._pruning_base import parse_granularity
 from tfcompress.pruning.magnitude import mask_sparsity, prune, pruning_wrappers, update_masks
@@ -100,7 +101,7 @@ def _compile_like(source, target) -> None:
 
 def _initial_snapshot(model, initial_weights, settings: dict) -> list[np.ndarray]:
     """theta_0 for the pruned model's trainable variables, from weights in ``model.get_weights()`` order."""
-    twin = keras.models.clone_model(model)
+    twin = rebuild(trace(model, where="iterative_prune", inline=False), as_clone=True)
     try:
         twin.set_weights(list(initial_weights))
     except ValueError as exc:
