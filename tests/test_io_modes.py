@@ -24,3 +24,28 @@ def test_new_files_get_the_umask_and_existing_files_keep_their_mode(tmp_path):
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     finally:
         os.umask(previous)
+
+
+def test_bad_output_paths_and_calibration_counts_fail_before_converting(tmp_path):
+    import keras
+    import numpy as np
+    import pytest
+
+    from tfcompress.errors import TfcompressError
+    from tfcompress.export import to_tflite
+
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2)(x))
+    data = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(TfcompressError, match="is a directory"):
+        to_tflite(model, tmp_path / "adir", "int8", representative_data=data)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(TfcompressError, match="calibration_samples must be a positive integer"):
+            to_tflite(model, tmp_path / "m.tflite", "int8", representative_data=data, calibration_samples=bad)
+    assert not (tmp_path / "m.tflite").exists()
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(TfcompressError, match="not writable"):
+            to_tflite(model, locked / "m.tflite", "int8", representative_data=data)

@@ -111,6 +111,10 @@ def representative_samples(
     Raises:
         CalibrationDataError: empty data, or a sample whose shape/dtype does not fit.
     """
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int | np.integer)
+                                    or max_samples < 1):
+        raise CalibrationDataError(f"calibration_samples must be a positive integer, got {max_samples!r}",
+                                   "calibration_samples", "pass e.g. calibration_samples=200, or None for all")
     specs = input_specs(model)
     if data is None:
         raise CalibrationDataError(

@@ -272,6 +272,12 @@ def to_tflite(
     target = Path(path)
     if not target.parent.is_dir():
         raise TfcompressError("output directory does not exist", str(target.parent), "create it first")
+    # found before the conversion, not after it (and not as an error naming the temporary file)
+    if target.is_dir():
+        raise TfcompressError("the output path is a directory", str(target), "pass a file name, e.g. model.tflite")
+    if not os.access(target.parent, os.W_OK):
+        raise TfcompressError("the output directory is not writable", str(target.parent),
+                              "choose a directory you can write to")
 
     if quantization == "int8":
         _refuse_before_calibration(model, str(target))
