@@ -141,3 +141,15 @@ def test_real_process_exit_codes_and_verbose(files, tmp_path):
     result = run_cli("convert", str(files / "lenet.keras"), "-o", str(tmp_path / "x.tflite"), "--samples", "0")
     assert result.returncode == 2 and "must be >= 1" in result.stderr
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_python_dash_m_tfcompress_is_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    version = subprocess.run([sys.executable, "-m", "tfcompress", "--version"], capture_output=True, text=True,
+                             timeout=120)
+    assert version.returncode == 0 and version.stdout.startswith("tfcompress ")
+    missing = subprocess.run([sys.executable, "-m", "tfcompress", "inspect", str(tmp_path / "none.tflite")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "file not found" in missing.stderr and "Traceback" not in missing.stderr
