@@ -5,9 +5,11 @@ from tfcompress.callbacks.posterior_pruning import PosteriorPruning
 from tfcompress.callbacks.pruning import UpdatePruning, UpdatePruningStep
 from tfcompress.callbacks.rewinding import LearningRateRewinding, WeightRewinding
 from tfcompress.callbacks.sparse_training import SparseTraining
+from tfcompress.callbacks.summaries import CompressionSummaries
 from tfcompress.callbacks.variational_pruning import VariationalPruning
 
 __all__ = [
+    "CompressionSummaries",
     "KLAnnealing",
     "LearningRateRewinding",
     "PosteriorPruning",
