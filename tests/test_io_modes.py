@@ -49,3 +49,33 @@ def test_bad_output_paths_and_calibration_counts_fail_before_converting(tmp_path
         locked.mkdir(mode=0o500)
         with pytest.raises(TfcompressError, match="not writable"):
             to_tflite(model, locked / "m.tflite", "int8", representative_data=data)
+
+
+def test_a_pipeline_failing_mid_way_is_a_calibration_error(tmp_path):
+    import keras
+    import numpy as np
+    import pytest
+    import tensorflow as tf
+
+    from tfcompress.errors import CalibrationDataError
+    from tfcompress.export import to_tflite
+
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2)(x))
+
+    def failing():
+        for i in range(10):
+            if i == 3:
+                raise RuntimeError("disk went away")
+            yield np.ones((1, 4), "float32")
+
+    with pytest.raises(CalibrationDataError, match="failed after 3 sample.*disk went away"):
+        to_tflite(model, tmp_path / "m.tflite", "int8", representative_data=failing)
+    def check(t):
+        with tf.control_dependencies([tf.debugging.assert_less(t, 0.0)]):
+            return tf.identity(t)
+
+    broken = tf.data.Dataset.from_tensor_slices(np.ones((8, 4), "float32")).map(check)
+    with pytest.raises(CalibrationDataError, match="failed after 0 sample"):
+        to_tflite(model, tmp_path / "m.tflite", "int8", representative_data=broken)
+    assert not (tmp_path / "m.tflite").exists()

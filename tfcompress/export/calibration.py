@@ -158,8 +158,17 @@ def representative_samples(
     iterator = _iter_samples(data, specs)
     if max_samples is not None:
         iterator = itertools.islice(iterator, max_samples)
-    for i, sample in enumerate(iterator):
-        samples.append(_check_sample(sample, specs, where, i))
+    i = -1
+    try:
+        for i, sample in enumerate(iterator):
+            samples.append(_check_sample(sample, specs, where, i))
+    except CalibrationDataError:
+        raise
+    except Exception as exc:  # a tf.data pipeline or generator failing mid-way (TF's UnknownError...)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CalibrationDataError(
+            f"the representative data failed after {i + 1} sample(s): {type(exc).__name__}: {message[:300]}",
+            where, "fix the data pipeline (its error is above), or pass a NumPy array of samples") from None
     if not samples:
         raise CalibrationDataError("no calibration samples (the source yielded nothing)", where, "pass at least one sample")
     return samples
