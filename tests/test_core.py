@@ -272,3 +272,31 @@ def _save(model, tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     return path
+
+
+def test_qat_computes_an_input_rescaling_as_an_exact_depthwise_convolution(tmp_path):
+    """MobileNetV3's Rescaling(1/127.5, offset=-1): as MUL / ADD by float constants the converter
+    leaves it in float in a QAT graph; as a 1x1 depthwise convolution it is int8 and exact."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_qat import lsb_agreement
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescaling")(x)
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(x, keras.layers.Dense(3, name="head")(h))
+    qat = tfcompress.quantize(model)
+    assert type(qat.get_layer("quant_rescaling").layer).__name__ == "DepthwiseConv2D"
+    data = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3)).astype("float32")
+    plain = model.predict(data, verbose=0)
+    for start in range(0, 64, 16):
+        qat(data[start : start + 16], training=True)
+    export = to_tflite(qat, tmp_path / "rescaled.tflite", "int8")
+    assert export.int8_coverage == 1.0
+    _, micro, _ = lsb_agreement(qat, tmp_path / "rescaled.tflite", data[:32])
+    assert micro >= 0.99
+    assert np.corrcoef(qat.predict(data, verbose=0).ravel(), plain.ravel())[0, 1] > 0.95

@@ -13,7 +13,6 @@ import pytest
 import tfcompress
 from tfcompress import bayesian
 from tfcompress.batchnorm import recalibrate_batchnorm
-from tfcompress.errors import FloatFallbackError
 from tfcompress.export import edgetpu_report, to_micro, to_tflite
 from tfcompress.pruning import ConstantSparsity, prune, pruning_summary, strip, update_masks
 from tfcompress.zoo import ZOO
@@ -26,9 +25,6 @@ NETS = ["resnet8", "ds_cnn", "mobilenet_v1", "fc_autoencoder", "mobilenet_v2", "
 # the largest nets go through the structural step only (trace, groups, exact shrink), so the zoo
 # stays within minutes; benchmarks/survey_zoo.py takes them through every step
 HEAVY = {"resnet50_v2", "densenet121", "nasnet_mobile", "mobilenet_v3_large", "efficientnet_v2_b0"}
-# nets whose input Rescaling / Normalization QAT does not quantize yet (their export names the
-# float MUL / ADD it leaves, see the issue note)
-QAT_INPUT_AFFINE = {"mobilenet_v3_small", "mobilenet_v3_large"}
 # inputs in 0..255 for the nets that rescale them themselves
 RAW_PIXELS = {"mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_b0"}
 
@@ -114,13 +110,6 @@ def test_qat_with_the_nets_own_head(name, tmp_path):
     for start in range(0, len(x), 8):  # ranges from a few batches
         qat(x[start : start + 8], training=True)
     path = tmp_path / "qat.tflite"
-    if name in QAT_INPUT_AFFINE:
-        # Rescaling(1 / 127.5, offset=-1) at the input: the converter leaves its MUL / ADD in
-        # float in a QAT graph; named, no partial file (EfficientNet's offset-free one converts)
-        with pytest.raises(FloatFallbackError, match="rescaling"):
-            to_tflite(qat, path, "int8")
-        assert not path.exists()
-        return
     export = to_tflite(qat, path, "int8")
     assert export.int8_coverage == 1.0
     import keras

@@ -275,6 +275,20 @@ class RescalingHandler(ChannelwiseHandler):
         offset = np.asarray(layer.offset, np.float64).reshape(-1)
         return c * scale + offset
 
+    def qat_equivalent(self, layer, input_shape: tuple):
+        """``x * scale + offset`` as a 1x1 DepthwiseConv2D (kernel = scale, bias = offset): the
+        converter leaves a MUL / ADD by float constants in float in a QAT graph, while a
+        depthwise kernel of one weight per channel is exact in int8 (it quantizes to +-127)."""
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            return None
+        channels = int(input_shape[-1])
+        scale = np.broadcast_to(np.asarray(layer.scale, np.float32).reshape(-1), (channels,))
+        offset = np.broadcast_to(np.asarray(layer.offset, np.float32).reshape(-1), (channels,))
+        conv = keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
+        conv.build(tuple(input_shape))
+        conv.set_weights([scale.reshape(1, 1, channels, 1).copy(), offset.copy()])
+        return conv
+
 
 class ActivationHandler(ChannelwiseHandler):
     """An ``Activation`` layer: elementwise for elementwise functions, mixing for softmax and the like."""

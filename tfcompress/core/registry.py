@@ -125,6 +125,11 @@ class LayerHandler:
             return layer.get_config(), dict(cut.weights)
         return None
 
+    def qat_equivalent(self, layer, input_shape: tuple):
+        """A layer computing the same function that QAT can quantize exactly, or None (the layer
+        is quantized as it is, by its ``qat`` role). ``quantize`` swaps it in."""
+        return None
+
     def produces_channels(self, layer) -> bool:
         """Whether the layer creates its output channels from all its inputs' (conv, dense):
         ``shrink``'s report lists these layers' channel counts."""

@@ -25,13 +25,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfcompress.core import FUSABLE_ACTIVATIONS
+from tfcompress.core import FUSABLE_ACTIVATIONS, handler_for
 from tfcompress.errors import TfcompressError
 
-# None outside export_mode. Inside: the folded kernels computed eagerly for export, by
+# None outside export_mode. Inside: the folded (kernel, bias) computed eagerly for export, by
 # id(QuantizedLayer): the converter does not constant-fold element-wise ops on large kernels
 # (it left fc1's SELECT in float), so preserve_sparsity's survivor lifting reaches it as a
-# ready constant
+# ready constant, and its BN folding would round differently from the QAT model's
 _EXPORT: contextvars.ContextVar[Mapping[int, np.ndarray] | None] = contextvars.ContextVar(
     "tfcompress_export", default=None)
 
@@ -41,9 +41,13 @@ def export_mode(model: keras.Model | None = None) -> Iterator[None]:
     """While tracing for the converter: weights stay float (the converter quantizes them)."""
     kernels = dict(_EXPORT.get() or {})
     if model is not None:
+        # every folded kernel and bias as a ready constant: the converter would otherwise fold the
+        # BatchNormalization itself, in another float order, and its kernel could then differ from
+        # the QAT model's by an ulp, enough to move a weight's level or a weight scale
         for layer in model._flatten_layers(include_self=False, recursive=True):
-            if isinstance(layer, QuantizedLayer) and layer.sparsity_mask is not None:
-                kernels[id(layer)] = keras.ops.convert_to_numpy(layer.folded_kernel_and_bias()[0])
+            if isinstance(layer, QuantizedLayer):
+                kernel, bias = layer.folded_kernel_and_bias()
+                kernels[id(layer)] = (keras.ops.convert_to_numpy(kernel), keras.ops.convert_to_numpy(bias))
     token = _EXPORT.set(types.MappingProxyType(kernels))
     try:
         yield
@@ -56,15 +60,77 @@ def exporting() -> bool:
     return _EXPORT.get() is not None
 
 
+def tf_stop(value):
+    import tensorflow as tf
+
+    return tf.stop_gradient(tf.convert_to_tensor(value))
+
+
+def _scale_and_zero(low, high):
+    """The converter's float64 scale and int8 zero point of the range [low, high] (MLIR's
+    ``getNudgedScaleAndZeroPoint``: ``scale = (max - min) / 255``, zero point
+    ``round(-128 - min / scale)`` with ties away from zero, clamped to [-128, 127])."""
+    import tensorflow as tf
+
+    low64, high64 = tf.cast(tf_stop(low), tf.float64), tf.cast(tf_stop(high), tf.float64)
+    scale = (high64 - low64) / 255.0
+    zero_from_min = -128.0 - low64 / scale
+    zero = tf.clip_by_value(tf.sign(zero_from_min) * tf.floor(tf.abs(zero_from_min) + 0.5), -128.0, 127.0)
+    return scale, zero
+
+
+def _requantize_levels(acc, multiplier):
+    """``acc M`` rounded as TFLite's fixed-point rescaling rounds it (float64 tensors, ``acc`` integer):
+    ``M = q 2^-31 2^-r`` (TFLite's ``QuantizeMultiplier``); gemmlowp's
+    ``SaturatingRoundingDoublingHighMul`` rounds ``acc M 2^r`` to an integer (half up), then
+    ``RoundingDivideByPOT`` divides by ``2^r`` rounding half away from zero."""
+    import tensorflow as tf
+
+    f64 = tf.float64
+    # M = m 2^e with m in [0.5, 1), read from the float64 bits (exact, also where log is approximated)
+    exponent = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.bitcast(multiplier, tf.int64), 52), 0x7FF)
+                       - 1022, f64)
+    pot = tf.pow(tf.constant(2.0, f64), tf.maximum(-exponent, 0.0))
+    high = tf.floor(acc * (multiplier * pot) + 0.5)
+    scaled = high / pot
+    return tf.sign(scaled) * tf.floor(tf.abs(scaled) + 0.5)
+
+
+def per_channel_levels(kernel):
+    """(levels, scale) of the converter's symmetric narrow-range int8 per-channel quantization of
+    ``kernel`` (output channels last), in float64: ``s = max |w_c| / 127``, levels ``round(w / s)``
+    with ties away from zero (MLIR's ``UniformQuantizedPerAxisValueConverter``). No gradient."""
+    import tensorflow as tf
+
+    kernel = tf.cast(tf.stop_gradient(kernel), tf.float64)
+    flat = tf.reshape(kernel, (-1, tf.shape(kernel)[-1]))
+    bound = tf.maximum(tf.reduce_max(tf.abs(flat), axis=0), 1e-8)
+    scale = bound / 127.0
+    ratio = kernel / scale
+    return tf.clip_by_value(tf.sign(ratio) * tf.floor(tf.abs(ratio) + 0.5), -127.0, 127.0), scale
+
+
 def fake_quant_per_channel(kernel, channel_axis_last: bool = True):
-    """Symmetric narrow-range int8 fake quantization per output channel (last axis)."""
+    """Symmetric narrow-range int8 fake quantization per output channel (last axis).
+
+    The levels are the converter's: ``round(w / s)`` with ``s = max |w_c| / 127`` computed in
+    float64 and ties rounded away from zero (MLIR's ``UniformQuantizedPerAxisValueConverter``).
+    ``tf.quantization.fake_quant_with_min_max_vars_per_channel`` rounds ``(w - min) / s`` in
+    float32, which puts a weight within float32 precision of a half level on the other level now
+    and then (1 weight in ~10^4 in MobileNetV1): that weight then differs from the int8 file's by
+    one level and moves outputs by a fraction of an LSB, enough to flip their rounding. The TF op
+    still gives the gradient (straight-through inside the range, and to the range itself).
+    """
     import tensorflow as tf
 
     flat = tf.reshape(kernel, (-1, tf.shape(kernel)[-1]))
     bound = tf.reduce_max(tf.abs(flat), axis=0)
     bound = tf.maximum(bound, 1e-8)
-    return tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, -bound, bound, num_bits=8,
-                                                                    narrow_range=True)
+    simulated = tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, -bound, bound, num_bits=8,
+                                                                         narrow_range=True)
+    levels, scale = per_channel_levels(kernel)
+    exact = tf.cast(levels * scale, kernel.dtype)
+    return simulated + tf.stop_gradient(exact - simulated)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -142,7 +208,83 @@ class ActivationQuantizer(keras.layers.Layer):
 
         # a degenerate range (never trained) would make the scale 0
         high = tf.maximum(high, low + 1e-6)
-        return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8, narrow_range=False)
+        simulated = tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8, narrow_range=False)
+        if exporting():  # the converter reads its scale and zero point from the TF op
+            return simulated
+        # the forward value on the int8 file's grid, rounded as TFLite quantizes a float tensor
+        # (the converter's scale and zero point from the float64 range, stored as float32;
+        # round(x / scale) + zero point in float32, ties to even as NumPy and the QUANTIZE op of
+        # the reference kernels do). fake_quant rounds (x - min) / scale + 0.5 down, which for an
+        # input within float32 precision of a half level can pick the other level: one input off
+        # by one LSB, and a deep network carries that to its output. The TF op gives the gradient.
+        scale64, zero64 = _scale_and_zero(low, high)
+        scale, zero = tf.cast(scale64, x.dtype), tf.cast(zero64, x.dtype)
+        pooled = self._pooled_levels(x, scale64, zero64)
+        if pooled is not None:
+            levels = tf.cast(pooled, x.dtype)
+        else:
+            levels = tf.clip_by_value(tf.round(tf.stop_gradient(x) / scale) + zero, -128.0, 127.0)
+        exact = (levels - zero) * scale
+        return simulated + tf.stop_gradient(exact - simulated)
+
+    def __call__(self, inputs, *args, **kwargs):
+        # after an AveragePooling layer, the int8 file averages on the pool's input grid, then
+        # requantizes (see _pooled_levels): find that grid
+        if isinstance(inputs, keras.KerasTensor) and type(self) is ActivationQuantizer:
+            object.__setattr__(self, "_pool", None)  # a link past Keras' tracking, as QuantizedLayer's
+            history = getattr(inputs, "_keras_history", None)
+            layer = history[0] if history is not None else None
+            if isinstance(layer, keras.layers.AveragePooling1D | keras.layers.AveragePooling2D) \
+                    and layer.padding == "valid":
+                source = keras.tree.flatten(layer._inbound_nodes[history[1]].input_tensors)[0]
+                quantizer = upstream_quantizer(source)
+                if quantizer is not None:
+                    object.__setattr__(self, "_pool", (int(np.prod(layer.pool_size)), quantizer))
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _pooled_levels(self, x, scale64, zero64):
+        """The int8 levels of an average pool's output as TFLite computes them, or None.
+
+        int8 AVERAGE_POOL_2D keeps its input's scale and zero point (TFLite 8-bit quantization
+        specification) and rounds the mean of the int8 values half away from zero (the reference
+        kernel: ``(sum + count / 2) / count``); the converter then requantizes it to this
+        quantizer's scale with a QUANTIZE op, which rounds twice as every fixed-point rescaling
+        does (see `QuantizedLayer._integer_output`). Rounding the float mean once on this grid
+        differs from that for ~5% of the pooled values."""
+        import tensorflow as tf
+
+        pool = getattr(self, "_pool", None)
+        if pool is None or exporting():
+            return None
+        count, source = pool
+        f64 = tf.float64
+        in_scale = source.file_scale()
+        in_zero = source.file_zero_point()
+        total = tf.round((tf.cast(tf.stop_gradient(x), f64) / in_scale + in_zero) * count)  # sum of the int8 q
+        mean = tf.sign(total) * tf.floor((tf.abs(total) + count // 2) / count)  # C division truncates
+        acc = tf.clip_by_value(mean, -128.0, 127.0) - in_zero
+        out_scale = tf.cast(tf.cast(scale64, tf.float32), f64)
+        return tf.clip_by_value(_requantize_levels(acc, in_scale / out_scale) + zero64, -128.0, 127.0)
+
+    def file_zero_point(self):
+        """The int8 zero point the converter gives this quantizer's output (float64 tensor)."""
+        low, high = (tf_stop(t) for t in self.range_tensors())
+        return _scale_and_zero(low, keras.ops.maximum(high, low + 1e-6))[1]
+
+    def range_tensors(self):
+        """(min, max) of the range this quantizer applies in inference, as tensors."""
+        return self.range_min, self.range_max
+
+    def file_scale(self, stored: bool = True):
+        """The int8 scale the converter gives this quantizer's output, as a float64 tensor (no
+        gradient): ``(max - min) / 255`` in float64 (what the converter quantizes biases with),
+        rounded to the float32 the file stores with ``stored`` (what the kernels compute with)."""
+        import tensorflow as tf
+
+        low, high = (tf.stop_gradient(tf.convert_to_tensor(t)) for t in self.range_tensors())
+        high = tf.maximum(high, low + 1e-6)
+        scale = (tf.cast(high, tf.float64) - tf.cast(low, tf.float64)) / 255.0
+        return tf.cast(tf.cast(scale, tf.float32), tf.float64) if stored else scale
 
     def scale_and_zero_point(self) -> tuple[float, int]:
         """The int8 scale and zero point these ranges give (TF's nudging)."""
@@ -216,6 +358,9 @@ class SharedRangeQuantizer(ActivationQuantizer):
         quantized = self._quantize(inputs, tf.reduce_min(new_min), tf.reduce_max(new_max))
         return tf.where(tf.greater(steps + 1, self.start_step), quantized, inputs)
 
+    def range_tensors(self):
+        return keras.ops.min(self.range_min), keras.ops.max(self.range_max)
+
     def scale_and_zero_point(self) -> tuple[float, int]:
         """The int8 scale and zero point of the shared (union) range."""
         low = float(np.min(keras.ops.convert_to_numpy(self.range_min)))
@@ -226,6 +371,28 @@ class SharedRangeQuantizer(ActivationQuantizer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "members": self.members}
+
+
+def upstream_quantizer(tensor) -> ActivationQuantizer | None:
+    """The quantizer whose int8 grid a symbolic tensor is on: its producer if that is a quantizer
+    (or a `QuantizedLayer` with its own output quantizer), followed back through layers whose int8
+    op keeps the scale (QAT role ``"pass"``: pooling by max, Flatten, Reshape, padding, Dropout)."""
+    for _ in range(10_000):
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer, node_index = history[0], history[1]
+        if isinstance(layer, QuantizedLayer):
+            return layer.output_quantizer
+        if isinstance(layer, ActivationQuantizer):
+            return layer
+        if isinstance(layer, keras.layers.InputLayer) or handler_for(layer).qat != "pass":
+            return None
+        inputs = keras.tree.flatten(layer._inbound_nodes[node_index].input_tensors)
+        if len(inputs) != 1:
+            return None
+        tensor = inputs[0]
+    return None
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -286,6 +453,79 @@ class QuantizedLayer(keras.layers.Wrapper):
             self.output_quantizer.build(output_shape)
         self.built = True
 
+    def __call__(self, inputs, *args, **kwargs):
+        # called on a symbolic tensor (quantize's rebuild, or a .keras file's graph being rebuilt):
+        # find the quantizer whose grid the input is on, for the int32 bias (see _quantized_bias)
+        if isinstance(inputs, keras.KerasTensor):
+            # set past Keras' attribute tracking: a link, not a sub-layer (nor saved with this one)
+            object.__setattr__(self, "_input_quantizer", upstream_quantizer(inputs))
+        return super().__call__(inputs, *args, **kwargs)
+
+    def input_quantizer(self):
+        """The quantizer that puts this layer's input on its int8 grid (None: unknown, e.g. a float input)."""
+        return getattr(self, "_input_quantizer", None)
+
+    def _integer_output(self, inputs, kernel, bias):
+        """The output of TFLite's integer kernel, in real units, or None when the scales are unknown.
+
+        CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED (the reference kernels, which TFLite Micro
+        runs; TFLite 8-bit quantization specification and Jacob et al. 2018, sec. 2.2) compute
+
+        * the int32 accumulator ``acc = sum (q_in - z_in) w_q + b_q`` exactly, with the bias on the
+          int32 grid ``b_q = round(b / (s_in s_w[c]))``;
+        * ``acc M`` with ``M = s_in s_w[c] / s_out = q 2^-31 2^-r`` in fixed point: gemmlowp's
+          ``SaturatingRoundingDoublingHighMul`` rounds ``acc M 2^r`` to an integer, then
+          ``RoundingDivideByPOT`` divides by ``2^r`` rounding half away from zero.
+
+        A float convolution of the dequantized tensors rounds once, from a value off by the bias
+        rounding (up to ``0.5 s_in s_w / s_out`` LSB) and float32 error: it lands on the other
+        side of a rounding boundary for ~0.2% of the outputs, and a deep network compounds those
+        flips (MobileNetV1: 12.5% of its outputs within 1 LSB). Here the accumulator is computed
+        in float64 on integers (exact), then rounded twice as the kernel does. The float path
+        still gives the gradient (straight-through).
+        """
+        import tensorflow as tf
+
+        source, target = self.input_quantizer(), self.output_quantizer
+        if source is None or target is None or exporting():
+            return None
+        f64 = tf.float64
+        input_scale = source.file_scale()
+        output_scale = target.file_scale()
+        levels, weight_scale = per_channel_levels(self._depthwise_flat(kernel))
+        levels = tf.reshape(levels, tf.shape(kernel))
+        x_int = tf.round(tf.cast(tf.stop_gradient(inputs), f64) / input_scale)  # q_in - z_in
+        acc = self._apply(x_int, levels)
+        # the converter rounds the bias with its float64 scales, the kernel multiplies with the
+        # float32 ones the file stores
+        ratio = tf.cast(tf.stop_gradient(bias), f64) / (source.file_scale(stored=False) * weight_scale)
+        acc = acc + tf.sign(ratio) * tf.floor(tf.abs(ratio) + 0.5)
+        multiplier = input_scale * tf.cast(tf.cast(weight_scale, tf.float32), f64) / output_scale
+        rounded = _requantize_levels(acc, multiplier)
+        return tf.cast(rounded * output_scale, inputs.dtype)
+
+    def _depthwise_flat(self, kernel):
+        """The kernel with its output channels on the last axis (a depthwise kernel's in x multiplier)."""
+        from keras import ops
+
+        if isinstance(self.layer, keras.layers.DepthwiseConv2D):
+            return ops.reshape(kernel, (kernel.shape[0], kernel.shape[1], -1))
+        return kernel
+
+    def _apply(self, inputs, kernel):
+        from keras import ops
+
+        layer = self.layer
+        if isinstance(layer, keras.layers.Dense):
+            return ops.matmul(inputs, kernel)
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            return ops.depthwise_conv(inputs, kernel, strides=layer.strides, padding=layer.padding,
+                                      data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+        if layer.groups != 1:
+            raise TfcompressError("grouped convolutions are not supported by QAT", layer.name)
+        return ops.conv(inputs, kernel, strides=layer.strides, padding=layer.padding,
+                        data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+
     def set_sparsity_mask_from_kernel(self) -> None:
         if self.sparsity_mask is not None:
             kernel = keras.ops.convert_to_numpy(self.layer.kernel)
@@ -295,6 +535,10 @@ class QuantizedLayer(keras.layers.Wrapper):
         """W' and b' of the folded layer (what TFLite stores before quantizing)."""
         from keras import ops
 
+        kernels = _EXPORT.get()
+        if kernels is not None and id(self) in kernels:
+            kernel, bias = kernels[id(self)]
+            return ops.convert_to_tensor(kernel), ops.convert_to_tensor(bias)
         layer = self.layer
         kernel = layer.kernel
         if self.sparsity_mask is not None:
@@ -305,14 +549,20 @@ class QuantizedLayer(keras.layers.Wrapper):
         if self.batch_norm is None:
             return self._keep_survivors(kernel), bias
         bn = self.batch_norm
-        gamma = bn.gamma if bn.scale else ops.ones((out_channels,))
-        beta = bn.beta if bn.center else ops.zeros((out_channels,))
-        factor = gamma / ops.sqrt(bn.moving_variance + bn.epsilon)
+        # in float64, rounded once to float32: graph mode (Grappler rewrites gamma / sqrt(v) as
+        # gamma * rsqrt(v)) and eager mode (what export_mode hands the converter) then agree to
+        # the bit; an ulp of difference in a kernel can move a weight's level or a channel's scale
+        dtype = kernel.dtype
+        f64 = "float64"
+        gamma = ops.cast(bn.gamma, f64) if bn.scale else ops.ones((out_channels,), f64)
+        beta = ops.cast(bn.beta, f64) if bn.center else ops.zeros((out_channels,), f64)
+        factor = gamma / ops.sqrt(ops.cast(bn.moving_variance, f64) + bn.epsilon)
         if isinstance(layer, keras.layers.DepthwiseConv2D):
-            folded = kernel * ops.reshape(factor, (1, 1, kernel.shape[2], kernel.shape[3]))
+            folded = ops.cast(kernel, f64) * ops.reshape(factor, (1, 1, kernel.shape[2], kernel.shape[3]))
         else:
-            folded = kernel * factor
-        return self._keep_survivors(folded), beta + (bias - bn.moving_mean) * factor
+            folded = ops.cast(kernel, f64) * factor
+        folded_bias = beta + (ops.cast(bias, f64) - ops.cast(bn.moving_mean, f64)) * factor
+        return self._keep_survivors(ops.cast(folded, dtype)), ops.cast(folded_bias, dtype)
 
     def _keep_survivors(self, kernel):
         """With ``preserve_sparsity``: a kept weight smaller than half an int8 step becomes one step.
@@ -326,9 +576,6 @@ class QuantizedLayer(keras.layers.Wrapper):
 
         if self.sparsity_mask is None:
             return kernel
-        kernels = _EXPORT.get()
-        if kernels is not None and id(self) in kernels:
-            return ops.convert_to_tensor(kernels[id(self)])
         mask = self.sparsity_mask
         if isinstance(self.layer, keras.layers.DepthwiseConv2D):
             flat = ops.reshape(ops.abs(kernel), (kernel.shape[0] * kernel.shape[1], -1))
@@ -359,24 +606,16 @@ class QuantizedLayer(keras.layers.Wrapper):
 
     def call(self, inputs, training=None):
         import tensorflow as tf
-        from keras import ops
 
         if training:
             self.steps.assign_add(1)
         kernel, bias = self.folded_kernel_and_bias()
-        kernel = self._quantized_kernel(kernel, training)
-        layer = self.layer
-        if isinstance(layer, keras.layers.Dense):
-            out = ops.matmul(inputs, kernel)
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            out = ops.depthwise_conv(inputs, kernel, strides=layer.strides, padding=layer.padding,
-                                     data_format=layer.data_format, dilation_rate=layer.dilation_rate)
-        else:
-            if layer.groups != 1:
-                raise TfcompressError("grouped convolutions are not supported by QAT", layer.name)
-            out = ops.conv(inputs, kernel, strides=layer.strides, padding=layer.padding,
-                           data_format=layer.data_format, dilation_rate=layer.dilation_rate)
-        out = out + bias
+        quantized = self._quantized_kernel(kernel, training)
+        out = self._apply(inputs, quantized) + bias
+        if not (training and self.start_step > 0):
+            exact = self._integer_output(inputs, kernel, bias)
+            if exact is not None:
+                out = out + tf.stop_gradient(exact - out)
         if self.activation == "relu":
             out = tf.nn.relu(out)
         elif self.activation == "relu6":

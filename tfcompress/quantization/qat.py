@@ -21,9 +21,14 @@ Networks for Efficient Integer-Arithmetic-Only Inference", sec. 3 and eq. 1-3):
 At export (`tfcompress.export.to_tflite` detects a QAT model and uses no calibration data) the
 weight fake-quant is left out of the traced graph: the converter quantizes the folded float
 kernel with the same per-channel formula, and takes every activation's scale from the learned
-ranges. The int8 model then computes what the QAT model computes, up to the int32 rounding of
-biases and requantization multipliers (tested: within 1 LSB on at least 99% of outputs, on
-LiteRT and TFLite Micro).
+ranges. The int8 model then computes what the QAT model computes. The QAT forward pass rounds as
+the int8 reference kernels (TFLite Micro's) do: weights rounded in float64 with ties away from
+zero, biases on the int32 grid ``s_in s_w``, the accumulator rescaled with gemmlowp's double
+rounding, average pools averaged on their input's grid and then requantized, an Add's fused ReLU
+rounded once, inputs rounded as the runtime quantizes them; the float path gives the gradient
+(straight-through). Deep random-weight networks (MobileNetV1 / V2, ResNet8, DS-CNN) then export
+bit-exact on TFLM and LiteRT's reference kernels; LiteRT's default XNNPACK kernels requantize in
+float32 with a single rounding and can differ (``benchmarks/qat_diff.py``).
 
 Ranges TFLite requires to be equal are shared: int8 CONCATENATION, MAXIMUM and MINIMUM need
 their inputs and output on one scale and zero point (TFLite 8-bit quantization specification,
@@ -123,7 +128,7 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
     if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
         raise TfcompressError("quantize needs a built Sequential or Functional model",
                               getattr(model, "name", "model"), "build it with keras.Input first")
-    model = strip_all(model)
+    model = _swap_qat_equivalents(strip_all(model))
     if any(getattr(layer, "tfcompress_fake_quant", False) for layer in iter_layers(model)):
         raise TfcompressError("the model is already quantization-aware", model.name, "quantize the float model")
     graph = trace(model, where="quantize")
@@ -208,7 +213,7 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
         elif node.output in shared:
             quantizer, member = shared[node.output]
             out = quantizer(out, member=member)
-        elif role != "pass":
+        elif role != "pass" and not _fuses_next_activation(node, graph, skip, shared):
             out = _output_quantizer(activation_name(layer) or type(layer).__name__.lower(), ema_decay, start_step,
                                     f"quantize_{layer.name}")(out)
         new_tensors[node.output] = out
@@ -231,6 +236,40 @@ def _output_quantizer(activation: str, ema_decay: float, start_step: int, name: 
     """The quantizer of an op's int8 output: TFLite's fixed range for softmax / sigmoid / tanh /
     log-softmax, else a tracked range."""
     return ActivationQuantizer(ema_decay, start_step, fixed_range=_FIXED_OUTPUT_RANGES.get(activation), name=name)
+
+
+def _fuses_next_activation(node, graph, skip: set[str], shared: dict) -> bool:
+    """An Add whose only consumer is a ReLU / ReLU6: TFLite fuses the activation into the int8 ADD,
+    which rounds once, onto the activation's range; a quantizer between them would round twice
+    (ResNet's ``add -> relu``: 1 LSB off on some outputs, compounding over the stacks)."""
+    if type(node.op).__name__ != "Add" or node.output in shared or node.name in skip:
+        return False
+    nxt = graph.single_consumer(node.output)
+    return nxt is not None and nxt.name not in skip and _fused_activation(nxt.op) is not None \
+        and nxt.output not in shared
+
+
+def _swap_qat_equivalents(model):
+    """``model`` with each layer whose handler offers a QAT equivalent replaced by it (an input
+    ``Rescaling`` becomes a 1x1 DepthwiseConv2D: exact in int8, where the converter leaves a
+    MUL / ADD by float constants in float); ``model`` itself when there is none."""
+    graph = trace(model, where="quantize")
+    swapped = []
+
+    def replace(node, args, kwargs):
+        if not node.is_layer or len(node.inputs) != 1:
+            return None
+        equivalent = handler_for(node.op).qat_equivalent(node.op, graph.shape(node.inputs[0]))
+        if equivalent is None:
+            return None
+        swapped.append(node.name)
+        return equivalent(*args, **kwargs)
+
+    rebuilt = rebuild(graph, replace)
+    if not swapped:
+        return model
+    logger.info("quantize: %s computed as 1x1 depthwise convolutions, exact in int8", ", ".join(swapped))
+    return rebuilt
 
 
 def _role(node, skip: set[str]) -> str:
