@@ -600,7 +600,7 @@ class DepthwiseHandler(LayerHandler):
             const = eval_elementwise(layer.activation, pre)
         flow.set(node.output, origin, const)
         flow.members[layer.name] = origin
-        flow.apply_keep(layer.name, origin) if layer.name in flow.keep else None
+        flow.apply_keep(layer.name, origin)
 
     def cut(self, layer, cut):
         kin, keep_out = cut.keep_in[0], cut.keep_out

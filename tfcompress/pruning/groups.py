@@ -52,7 +52,7 @@ import numpy as np
 from tfcompress.core import ChannelFlow, iter_layers, trace
 from tfcompress.layers.prune_low_magnitude import MaskedBatchNormalization, PruneLowMagnitude
 
-__all__ = ["ChannelGroup", "channel_groups", "follower_masks", "group_channel_masks", "removable_channels"]
+__all__ = ["ChannelGroup", "channel_flow", "channel_groups", "follower_masks", "group_channel_masks", "removable_channels"]
 
 
 @dataclass
@@ -73,7 +73,8 @@ class ChannelGroup:
     prunable: bool
 
 
-def _flow(model) -> ChannelFlow:
+def channel_flow(model) -> ChannelFlow:
+    """The channel groups of ``model`` (they depend on its structure, not on its masks)."""
     return ChannelFlow(trace(model, where="channel pruning"), constants=False, strict=False).run()
 
 
@@ -81,14 +82,14 @@ def _member_roots(flow: ChannelFlow, wrappers) -> dict[str, np.ndarray]:
     return {w.name: flow.group_of(w.layer.name) for w in wrappers}
 
 
-def _dependency_groups(flow: ChannelFlow, wrappers, candidates) -> tuple[dict, dict]:
+def _dependency_groups(flow: ChannelFlow, wrappers) -> tuple[dict, dict]:
     """``roots``: root -> [(wrapper, positions)], ``blocked``: roots that cannot be pruned."""
     roots_of = _member_roots(flow, wrappers)
     members: dict[int, list] = {}
     for w in wrappers:
         for position, root in enumerate(roots_of[w.name].tolist()):
             members.setdefault(root, []).append((w, position))
-    wrapped_names = {w.layer.name for w in candidates}
+    wrapped_names = {w.layer.name for w in wrappers}
     blocked = set(flow.required_roots())
     for base, (name, _) in enumerate(flow.base_index):
         # a channel created by a layer that is not channel-pruned stays, and so does its group
@@ -99,7 +100,7 @@ def _dependency_groups(flow: ChannelFlow, wrappers, candidates) -> tuple[dict, d
 
 def group_channel_masks(model, wrappers, sparsity: float, *, scope: str = "layer", nested: bool = False,
                         min_keep_fraction: float = 0.0, channel_multiple: int = 1,
-                        scores_of=None) -> dict[str, np.ndarray]:
+                        scores_of=None, flow: ChannelFlow | None = None) -> dict[str, np.ndarray]:
     """Channel masks (one 0/1 per output channel) of ``wrappers``, chosen by dependency group.
 
     Args:
@@ -112,14 +113,15 @@ def group_channel_masks(model, wrappers, sparsity: float, *, scope: str = "layer
             at least one channel).
         channel_multiple: round each dependency group's kept count up to a multiple of this.
         scores_of: ``wrapper -> channel scores`` (default: the wrapper's criterion).
+        flow: the model's traced channel groups (:func:`channel_flow`), when the caller has them.
 
     Returns:
         ``{wrapper name: channel mask}`` for every wrapper in ``wrappers``.
     """
     if not wrappers:
         return {}
-    flow = _flow(model)
-    members, blocked = _dependency_groups(flow, wrappers, wrappers)
+    flow = flow or channel_flow(model)
+    members, blocked = _dependency_groups(flow, wrappers)
     if scores_of is None:
         # layer scope ranks within a dependency group: each member's scores over its mean make
         # the members comparable; global scope ranks across layers: the criterion's per-weight
@@ -193,8 +195,8 @@ def channel_groups(model) -> list[ChannelGroup]:
     wrappers = [w for w in iter_layers(model) if isinstance(w, PruneLowMagnitude) and w.kind == "channel"]
     if not wrappers:
         return []
-    flow = _flow(model)
-    members, blocked = _dependency_groups(flow, wrappers, wrappers)
+    flow = channel_flow(model)
+    members, blocked = _dependency_groups(flow, wrappers)
     masks = {w.name: np.asarray(w.channel_mask_numpy()).reshape(-1) for w in wrappers}
     table: dict[tuple, list] = {}
     for root, refs in members.items():
@@ -212,8 +214,8 @@ def removable_channels(model) -> dict[str, int]:
     wrappers = [w for w in iter_layers(model) if isinstance(w, PruneLowMagnitude) and w.kind == "channel"]
     if not wrappers:
         return {}
-    flow = _flow(model)
-    members, blocked = _dependency_groups(flow, wrappers, wrappers)
+    flow = channel_flow(model)
+    members, blocked = _dependency_groups(flow, wrappers)
     masks = {w.name: np.asarray(w.channel_mask_numpy()).reshape(-1) for w in wrappers}
     gone = {root for root, refs in members.items()
             if root not in blocked and all(masks[w.name][p] == 0 for w, p in refs)}
@@ -221,15 +223,15 @@ def removable_channels(model) -> dict[str, int]:
     return {w.layer.name: int(sum(r in gone for r in roots_of[w.name].tolist())) for w in wrappers}
 
 
-def follower_masks(model) -> dict[str, np.ndarray]:
+def follower_masks(model, flow: ChannelFlow | None = None) -> dict[str, np.ndarray]:
     """``{MaskedBatchNormalization name: channel mask}``: 0 where the BatchNormalization's input
     channel belongs to a channel group masked in every member (pruned), 1 elsewhere."""
     followers = [layer for layer in iter_layers(model) if isinstance(layer, MaskedBatchNormalization)]
     wrappers = [w for w in iter_layers(model) if isinstance(w, PruneLowMagnitude) and w.kind == "channel"]
     if not followers or not wrappers:
         return {}
-    flow = _flow(model)
-    members, _ = _dependency_groups(flow, wrappers, wrappers)
+    flow = flow or channel_flow(model)
+    members, _ = _dependency_groups(flow, wrappers)
     masks = {w.name: np.asarray(w.channel_mask_numpy()).reshape(-1) for w in wrappers}
     pruned = {root for root, refs in members.items() if all(masks[w.name][p] == 0 for w, p in refs)}
     out = {}

@@ -71,7 +71,12 @@ from tfcompress.layers.prune_low_magnitude import (
     is_prunable,
     prunable_types,
 )
-from tfcompress.pruning.groups import follower_masks, group_channel_masks, removable_channels
+from tfcompress.pruning.groups import (
+    channel_flow,
+    follower_masks,
+    group_channel_masks,
+    removable_channels,
+)
 
 logger = logging.getLogger("tfcompress")
 
@@ -410,18 +415,27 @@ def update_masks(model, step: int, force_sparsity: float | None = None, *, neste
     if global_:
         masks = _global_masks([w for w, _ in global_], global_[0][1], nested)
         new_masks += list(zip([w for w, _ in global_], masks, strict=True))
-    new_masks += _channel_masks(model, channel, nested)
+    flows: list = []  # the model's channel groups, traced once per update when needed
+
+    def flow():
+        if not flows:
+            flows.append(channel_flow(model))
+        return flows[0]
+
+    if channel:
+        new_masks += _channel_masks(model, channel, nested, flow())
     for w, mask in new_masks:
         w.mask.assign(mask.astype(w.mask.dtype))
         kernel = w.kernel_variable
         kernel.assign(keras.ops.convert_to_numpy(kernel) * mask)
         updated[w.name] = float(1.0 - mask.mean())
-    if new_masks:
-        _sync_followers(model)
+    followers = masked_batch_norms(model) if new_masks else []
+    if followers:
+        _sync_followers(followers, follower_masks(model, flow()))
     return updated
 
 
-def _channel_masks(model, due: list[tuple[PruneLowMagnitude, float]], nested: bool) -> list:
+def _channel_masks(model, due: list[tuple[PruneLowMagnitude, float]], nested: bool, flow) -> list:
     """Channel masks chosen per dependency group (``tfcompress.pruning.groups``): coupled
     channels (depthwise, residual, squeeze-and-excitation, concatenation) are scored and cut as
     one, so the schedule's sparsity is what ``shrink`` removes. Wrappers that share a schedule
@@ -433,16 +447,15 @@ def _channel_masks(model, due: list[tuple[PruneLowMagnitude, float]], nested: bo
         settings.setdefault((round(float(sparsity), 12), w.scope, floor), []).append(w)
     for (sparsity, scope, floor), wrappers in settings.items():
         masks = group_channel_masks(model, wrappers, sparsity, scope=scope, nested=nested,
-                                    min_keep_fraction=floor)
+                                    min_keep_fraction=floor, flow=flow)
         out += [(w, channel_to_kernel(w, masks[w.name])) for w in wrappers]
     return out
 
 
-def _sync_followers(model) -> None:
+def _sync_followers(followers, masks: dict) -> None:
     """Each `MaskedBatchNormalization` masks the channels whose group is pruned in every member
     (``tfcompress.pruning.groups.follower_masks``), wherever they reach it from."""
-    masks = follower_masks(model)
-    for bn in masked_batch_norms(model):
+    for bn in followers:
         if bn.name in masks:
             bn.channel_mask.assign(masks[bn.name].astype("float32"))
 

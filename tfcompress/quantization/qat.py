@@ -252,24 +252,20 @@ def _fuses_next_activation(node, graph, skip: set[str], shared: dict) -> bool:
 def _swap_qat_equivalents(model):
     """``model`` with each layer whose handler offers a QAT equivalent replaced by it (an input
     ``Rescaling`` becomes a 1x1 DepthwiseConv2D: exact in int8, where the converter leaves a
-    MUL / ADD by float constants in float); ``model`` itself when there is none."""
+    MUL / ADD by float constants in float); ``model`` itself when there is none (no rebuild)."""
     graph = trace(model, where="quantize")
-    swapped = []
-
-    def replace(node, args, kwargs):
-        if not node.is_layer or len(node.inputs) != 1:
-            return None
-        equivalent = handler_for(node.op).qat_equivalent(node.op, graph.shape(node.inputs[0]))
-        if equivalent is None:
-            return None
-        swapped.append(node.name)
-        return equivalent(*args, **kwargs)
-
-    rebuilt = rebuild(graph, replace)
-    if not swapped:
+    equivalents = {}
+    for node in graph.nodes:
+        if node.is_layer and len(node.inputs) == 1:
+            equivalent = handler_for(node.op).qat_equivalent(node.op, graph.shape(node.inputs[0]))
+            if equivalent is not None:
+                equivalents[id(node)] = equivalent
+    if not equivalents:
         return model
-    logger.info("quantize: %s computed as 1x1 depthwise convolutions, exact in int8", ", ".join(swapped))
-    return rebuilt
+    logger.info("quantize: %s computed as 1x1 depthwise convolutions, exact in int8",
+                ", ".join(node.name for node in graph.nodes if id(node) in equivalents))
+    return rebuild(graph, lambda node, args, kwargs: equivalents[id(node)](*args, **kwargs)
+                   if id(node) in equivalents else None)
 
 
 def _role(node, skip: set[str]) -> str:
