@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 METHOD_PACKAGES = (
     "tfcompress.pruning", "tfcompress.quantization", "tfcompress.bayesian", "tfcompress.export",
     "tfcompress.callbacks", "tfcompress.cli", "tfcompress.distillation", "tfcompress.demo",
+    "tfcompress.uncertainty",
 )
 # what tfcompress.export sits below
 ABOVE_EXPORT = ("tfcompress.callbacks", "tfcompress.cli")
