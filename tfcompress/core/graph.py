@@ -316,15 +316,19 @@ def rebuild(graph: Graph, replace: Callable[[Node, tuple, dict], Any] | None = N
                 out = call_copy(node, args, kwargs, copy_weights=copy_weights, layer=new)
                 if new is not None:
                     copies[id(node.op)] = new
-        outs = list(out) if isinstance(out, list | tuple) else [out]
+        outs = keras.tree.flatten(out)  # a list, a tuple or a dict of outputs (in Keras' order)
         if len(outs) != len(node.outputs):
             raise TfcompressError(f"{node.name} was replaced by {len(outs)} outputs, it has {len(node.outputs)}",
                                   node.name, "return one output per output of the layer")
         for tid, tensor in zip(node.outputs, outs, strict=True):
             new_tensors[tid] = tensor
     new_outputs = [new_tensors[t] for t in graph.outputs]
-    model = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs,
-                        new_outputs[0] if len(new_outputs) == 1 else new_outputs,
+    structure = getattr(graph.model, "_outputs_struct", None)
+    if isinstance(structure, dict):  # named outputs stay named (and keep their signature names)
+        outputs = keras.tree.pack_sequence_as(structure, new_outputs)
+    else:
+        outputs = new_outputs[0] if len(new_outputs) == 1 else new_outputs
+    model = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs, outputs,
                         name=name or graph.model.name)
     if as_clone and isinstance(graph.model, keras.Sequential):
         chain = _as_chain(model)

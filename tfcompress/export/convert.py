@@ -215,6 +215,7 @@ def to_tflite(
     allow_float_fallback: bool = False,
     batch_size: int | None = 1,
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    dense_as_conv: bool = False,
 ) -> ExportReport:
     """Convert a Keras 3 model to a `.tflite` file and check what came out.
 
@@ -235,6 +236,10 @@ def to_tflite(
         batch_size: static batch size of the exported graph (1 by default, which
             TFLite Micro and the Edge TPU need); ``None`` keeps it dynamic.
         calibration_samples: use at most this many representative samples.
+        dense_as_conv: with ``"int8"``, write each Dense on a 2-D input as a 1x1 CONV_2D
+            (`tfcompress.export.dense_as_conv`): TFLite Micro's FULLY_CONNECTED rounds twice,
+            LiteRT's reference kernel once, and they differ by 1 LSB on a few outputs in a
+            thousand; both compute CONV_2D alike, so the file runs bit-exactly on both.
 
     Returns:
         An `ExportReport`.
@@ -286,6 +291,12 @@ def to_tflite(
     model, materialized = _materialize(model)
     if materialized:
         notes.append(f"materialized {materialized} quantized/hashed layer(s) into plain Dense/Conv2D weights")
+    if dense_as_conv and quantization == "int8" and not uses_fake_quant(model):
+        from tfcompress.export.dense_as_conv import dense_as_conv as _dense_as_conv
+
+        model, rewritten = _dense_as_conv(model)
+        if rewritten:
+            notes.append(f"wrote {rewritten} Dense layer(s) as 1x1 CONV_2D (dense_as_conv=True)")
     if quantization == "int8":
         if representative_data is None and uses_fake_quant(model):
             notes.append("ranges taken from quantization-aware training (no calibration)")

@@ -15,12 +15,14 @@ from tfcompress.uncertainty.posterior import (
     run_tflite,
 )
 from tfcompress.uncertainty.predictive import OUTPUT_NAMES, UncertaintyHead, decompose
+from tfcompress.uncertainty.storage import StorageAccounting, storage_accounting
 
 __all__ = [
     "OUTPUT_NAMES",
     "FrozenNoise",
     "Posterior",
     "PosteriorExport",
+    "StorageAccounting",
     "TileMembers",
     "UncertaintyHead",
     "decompose",
@@ -29,4 +31,5 @@ __all__ = [
     "mc_dropout",
     "register_dropout",
     "run_tflite",
+    "storage_accounting",
 ]

@@ -149,6 +149,9 @@ class Posterior:
                   micro: bool = False, micro_samples: np.ndarray | None = None) -> PosteriorExport:
         """Export as one full-int8, single-subgraph TFLite file with the outputs as named signature outputs.
 
+        Dense layers are written as 1x1 convolutions (``dense_as_conv``), so TFLite Micro
+        runs the file bit-exactly as LiteRT's reference kernels do.
+
         Args:
             path: the ``.tflite`` file (written atomically).
             representative_data: calibration inputs (see :func:`tfcompress.export.to_tflite`).
@@ -176,7 +179,8 @@ class Posterior:
 
         refuse_stochastic(self.logits_model)
         samples = DEFAULT_CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples
-        to_tflite(self.model, path, "int8", representative_data, io_dtype, calibration_samples=samples)
+        to_tflite(self.model, path, "int8", representative_data, io_dtype, calibration_samples=samples,
+                  dense_as_conv=True)
         parsed = load_tflite(path)
         random_ops = [op for op in parsed.ops if op.name in RANDOM_OPS]
         if random_ops:
@@ -195,7 +199,8 @@ class Posterior:
         single_path = None
         if compare_single and self.single is not None:
             single_path = Path(tempfile.mkdtemp(prefix="tfcompress_single_")) / "single.tflite"
-            to_tflite(self.single, single_path, "int8", representative_data, io_dtype, calibration_samples=samples)
+            to_tflite(self.single, single_path, "int8", representative_data, io_dtype,
+                      calibration_samples=samples, dense_as_conv=True)
             single = load_tflite(single_path)
             report.single_size_bytes = single.size_bytes
             report.single_macs = sum(r["macs"] for r in tflite_macs(single))

@@ -75,10 +75,10 @@ class UncertaintyHead(keras.layers.Layer):
     Every op is chosen for the integer graph (see DEVELOPERS.md, "uncertainty"):
     ``log p_s`` is ``LOG_SOFTMAX`` (int8 output fixed at scale 16/256); ``log E p`` is the
     log-sum-exp over members written as ``v - log_softmax(v)`` over the member axis, so no
-    EXP / LOG op (float-only in TFLite Micro) is needed; sums over classes are a
-    ``FULLY_CONNECTED`` with a ones kernel, because the int8 ``SUM`` of LiteRT's reference
-    kernels returned a constant here (measured: benchmarks/NOTES.md); negations are a ``SUB``
-    from 0 (int8 has no ``NEG``).
+    EXP / LOG op (float-only in TFLite Micro) is needed; sums over classes are a 1x1
+    ``CONV_2D`` with a ones kernel, because the int8 ``SUM`` of LiteRT's reference kernels
+    returned a constant here (measured: benchmarks/NOTES.md); negations are a ``SUB`` from 0
+    (int8 has no ``NEG``).
 
     Example:
         >>> head = UncertaintyHead()
@@ -103,10 +103,12 @@ class UncertaintyHead(keras.layers.Layer):
 
     @staticmethod
     def _sum_classes(x, classes: int):
-        # a matmul with ones converts to FULLY_CONNECTED (see the class docstring for why not SUM)
+        # a 1x1 convolution with a ones kernel: CONV_2D, which TFLite Micro and LiteRT's reference
+        # kernels requantize alike (see the class docstring for why not SUM, and
+        # tfcompress.export.dense_as_conv for why not FULLY_CONNECTED)
         shape = tuple(x.shape[1:-1])
-        flat = ops.reshape(x, (-1, classes))
-        total = ops.matmul(flat, ops.ones((classes, 1), dtype=x.dtype))
+        flat = ops.reshape(x, (-1, 1, 1, classes))
+        total = ops.conv(flat, ops.ones((1, 1, classes, 1), dtype=x.dtype))
         return ops.reshape(total, (-1, *shape))
 
     def compute_output_spec(self, logits):
