@@ -74,6 +74,10 @@ def test_the_keras_head_equals_the_numpy_reference():
     for name in OUTPUT_NAMES:
         np.testing.assert_allclose(got[name], ref[name], atol=2e-5, err_msg=name)
     assert np.abs(got["total"] - got["data"] - got["knowledge"]).max() < 1e-5
+    one = {k: np.asarray(v) for k, v in UncertaintyHead()(z[:, :1]).items()}
+    assert "knowledge" not in one       # one model: no knowledge uncertainty (and no constant tensor)
+    np.testing.assert_allclose(one["total"], entropy(softmax(z[:, 0], -1), axis=-1), atol=2e-5)
+    np.testing.assert_array_equal(one["total"], one["data"])
 
 
 def test_an_ensemble_compiles_to_one_int8_graph_with_named_outputs(members, digits, tmp_path):

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "bayesian", "callbacks", "datasets", "distillation", "errors", "export", "layers", "metrics", "models",
-    "pruning", "quantization", "quantizers",
+    "pruning", "quantization", "quantizers", "uncertainty",
 )
 # Deprecated aliases of modules that moved into the packages above (still importable).
 _DEPRECATED_SUBMODULES = (
@@ -39,7 +39,8 @@ _FUNCTIONS = {
 # Modules whose import registers Keras-serializable classes (and, for pruning and bayesian, the
 # strip functions `shrink` applies, in this order).
 _REGISTERING = ("layers", "callbacks", "pruning", "pruning.schedules", "pruning.criteria", "pruning.regularizers",
-                "quantizers", "bayesian", "quantization.clustering", "quantization.qat", "distillation")
+                "quantizers", "bayesian", "quantization.clustering", "quantization.qat", "distillation",
+                "uncertainty")
 
 __all__ = ["__version__", *sorted(_SUBMODULES + _DEPRECATED_SUBMODULES), *sorted(_FUNCTIONS)]
 

@@ -70,7 +70,8 @@ class UncertaintyHead(keras.layers.Layer):
     ``[batch, C]``, and ``total`` / ``data`` / ``knowledge`` ``[batch]`` in nats (Vadera et al.
     2021, eq. 2-4). ``knowledge`` is computed directly as ``E_s KL(p_s || E p)``, which equals
     total - data, so that it has an int8 scale of its own (in-distribution it is small beside
-    the entropies; a difference of two int8 entropies would lose it).
+    the entropies; a difference of two int8 entropies would lose it). With one member
+    (``S = 1``) there is no ``knowledge`` output and ``total`` is ``data``.
 
     Every op is chosen for the integer graph (see DEVELOPERS.md, "uncertainty"):
     ``log p_s`` is ``LOG_SOFTMAX`` (int8 output fixed at scale 16/256); ``log E p`` is the
@@ -93,10 +94,14 @@ class UncertaintyHead(keras.layers.Layer):
         log_p = ops.log_softmax(logits, axis=-1)                  # [B, S, C]
         p = ops.softmax(logits, axis=-1)
         mean = ops.mean(p, axis=1)                                # eq. (4)
+        data = ops.mean(self._sum_classes(p * ops.subtract(0.0, log_p), classes), axis=-1)
+        if members == 1:
+            # one model: no knowledge uncertainty, and no constant (zero-range) tensor in the file,
+            # which an int8 scale cannot represent
+            return {"probs": mean, "log_probs": log_p[:, 0], "total": data, "data": data}
         per_class = ops.transpose(log_p, (0, 2, 1))               # [B, C, S]
         log_sum = ops.mean(per_class - ops.log_softmax(per_class, axis=-1), axis=-1)
         log_mean = log_sum - float(np.log(members))               # log E p, [B, C]
-        data = ops.mean(self._sum_classes(p * ops.subtract(0.0, log_p), classes), axis=-1)
         total = self._sum_classes(mean * ops.subtract(0.0, log_mean), classes)
         knowledge = ops.mean(self._sum_classes(p * (log_p - ops.expand_dims(log_mean, 1)), classes), axis=-1)
         return {"probs": mean, "log_probs": log_mean, "total": total, "data": data, "knowledge": knowledge}
@@ -114,5 +119,8 @@ class UncertaintyHead(keras.layers.Layer):
     def compute_output_spec(self, logits):
         batch, classes = logits.shape[0], logits.shape[-1]
         spec = keras.KerasTensor
-        return {"probs": spec((batch, classes)), "log_probs": spec((batch, classes)),
-                "total": spec((batch,)), "data": spec((batch,)), "knowledge": spec((batch,))}
+        out = {"probs": spec((batch, classes)), "log_probs": spec((batch, classes)),
+               "total": spec((batch,)), "data": spec((batch,)), "knowledge": spec((batch,))}
+        if logits.shape[-2] == 1:
+            del out["knowledge"]
+        return out
