@@ -300,3 +300,22 @@ def test_qat_computes_an_input_rescaling_as_an_exact_depthwise_convolution(tmp_p
     _, micro, _ = lsb_agreement(qat, tmp_path / "rescaled.tflite", data[:32])
     assert micro >= 0.99
     assert np.corrcoef(qat.predict(data, verbose=0).ravel(), plain.ravel())[0, 1] > 0.95
+
+
+def test_a_nested_model_reused_in_another_model_still_traces_but_not_twice_in_one():
+    import keras
+
+    from tfcompress.core import trace
+    from tfcompress.errors import TfcompressError
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="inner")
+    a_in = keras.Input((4,))
+    first = keras.Model(a_in, keras.layers.Dense(2)(inner(a_in)))
+    b_in = keras.Input((4,))
+    second = keras.Model(b_in, keras.layers.ReLU()(inner(b_in)))   # the same model, elsewhere
+    assert [n.name for n in trace(first).nodes if n.is_layer][-2:] == [inner.layers[0].name, first.layers[-1].name]
+    assert len([n for n in trace(second).nodes if n.is_layer]) >= 2
+    c_in = keras.Input((4,))
+    twice = keras.Model(c_in, keras.layers.Add()([inner(c_in), inner(c_in)]))
+    with pytest.raises(TfcompressError, match="called more than once"):
+        trace(twice)

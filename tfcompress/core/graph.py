@@ -197,6 +197,8 @@ def trace(model, *, where: str = "trace", inline: bool = True) -> Graph:
             tid = alias[tid]
         return tid
 
+    inlined: dict[int, int] = {}  # nested model -> the one call of it this graph inlines
+
     def visit(tensor, active: tuple = ()) -> None:
         tid = canon(tensor)
         if tid in input_set or tid in written:
@@ -217,7 +219,9 @@ def trace(model, *, where: str = "trace", inline: bool = True) -> Graph:
             if len(outer_inputs) != len(inner_inputs):
                 raise TfcompressError(f"cannot match the inputs of nested model {op.name}", op.name,
                                       "call the nested model on as many tensors as it has inputs")
-            if len(op._inbound_nodes) > 1 + int(_called_on_own_inputs(op)):
+            # inlining maps the nested model's own tensors onto this call's: it can be called once
+            # in this graph (calls in other models, e.g. a member reused in two ensembles, do not count)
+            if inlined.setdefault(id(op), id(keras_node)) != id(keras_node):
                 raise TfcompressError(f"nested model {op.name} is called more than once", op.name,
                                       "call the nested model once, or build the model flat")
             for parent in outer_inputs:
@@ -255,11 +259,6 @@ def _has_graph(model) -> bool:
     if isinstance(model, keras.Sequential):
         return bool(getattr(model, "inputs", None))
     return hasattr(model, "_run_through_graph") and bool(getattr(model, "inputs", None))
-
-
-def _called_on_own_inputs(model) -> bool:
-    # a Functional model records a node of its own construction on its inputs
-    return any(list(n.output_tensors) == list(model.outputs) for n in model._inbound_nodes)
 
 
 def copy_layer(layer):
