@@ -44,7 +44,7 @@ def test_weight_rewinding_resets_survivors_to_step_k_times_mask():
     assert pruning_end_step(model) == 12
     rewind = WeightRewinding(rewind_step=2)
     early = Probe(at=2)
-    after = Probe(at=12)
+    after = Probe(at=13)  # the rewind happens at the end of step 12, the last mask update
     model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
               callbacks=[UpdatePruning(), early, rewind, after])
     assert rewind.rewound

@@ -65,7 +65,24 @@ class SparseTraining(keras.callbacks.Callback):
         distribution: ``"uniform"`` or ``"erk"`` initial per-layer sparsity.
         data: ``(x, y)`` arrays for RigL's dense gradient (a batch is drawn from them).
         batch_size: size of that batch.
-        seed: random seed for the initial masks and SET's growth.
+        seed: random seed for the initial masks, SET's growth and RigL's batches.
+
+    Resuming: the masks and kernels are the wrappers' variables and the step their
+    ``pruning_step`` (read at the first batch, after ``BackupAndRestore`` restored it, whatever
+    the callbacks' order); every update draws from a generator seeded with ``(seed, step)``. A
+    run resumed after a kill therefore rewires as the uninterrupted run does.
+
+    Example:
+
+    >>> import keras, numpy as np, tfcompress
+    >>> from tfcompress.callbacks import SparseTraining
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="fc"), keras.layers.Dense(2)])
+    >>> sparse = tfcompress.prune(model, tfcompress.pruning.ConstantSparsity(0.5, 0, 0))
+    >>> sparse.compile("sgd", "mse")
+    >>> callback = SparseTraining("set", update_freq=2, total_steps=8)
+    >>> _ = sparse.fit(np.ones((32, 4)), np.ones((32, 2)), batch_size=4, verbose=0, callbacks=[callback])
+    >>> callback.updates, float(tfcompress.pruning.mask_sparsity(tfcompress.pruning.pruning_wrappers(sparse)))
+    (3, 0.5)
     """
 
     def __init__(self, method: str = "rigl", update_freq: int = 100, drop_fraction: float = 0.3,
@@ -81,14 +98,23 @@ class SparseTraining(keras.callbacks.Callback):
         self.method, self.update_freq, self.drop_fraction = method, int(update_freq), float(drop_fraction)
         self.end_fraction, self.total_steps, self.distribution = float(end_fraction), int(total_steps), distribution
         self.data, self.batch_size, self.seed = data, int(batch_size), int(seed)
-        self._rng = np.random.default_rng(seed)
-        self.updates = 0
+        self.updates = 0  # connectivity updates made by this callback object
+        self.step: int | None = None
+
+    def rng(self, step: int | None = None) -> np.random.Generator:
+        """The random stream of the initial masks (``step=None``) or of the update at ``step``.
+
+        A function of ``seed`` and the step only, not a generator carried from update to update:
+        a run resumed from a checkpoint draws what an uninterrupted run draws.
+        """
+        return np.random.default_rng(self.seed if step is None else (self.seed, int(step)))
 
     # -- masks
     def _initial_masks(self) -> None:
         wrappers = self._wrappers
         sparsity = wrappers[0].pruning_schedule.final_sparsity
         shapes = [tuple(w.mask.shape) for w in wrappers]
+        rng = self.rng()
         if self.distribution == "erk":
             densities = erk_densities(shapes, 1.0 - sparsity)
         else:
@@ -97,16 +123,17 @@ class SparseTraining(keras.callbacks.Callback):
             size = int(np.prod(w.mask.shape))
             keep = int(round(density * size))
             flat = np.zeros(size, np.float32)
-            flat[self._rng.choice(size, keep, replace=False)] = 1.0
+            flat[rng.choice(size, keep, replace=False)] = 1.0
             mask = flat.reshape(w.mask.shape)
             w.mask.assign(mask)
             w.kernel_variable.assign(keras.ops.convert_to_numpy(w.kernel_variable) * mask)
 
-    def _dense_gradients(self) -> list[np.ndarray]:
+    def _dense_gradients(self, rng: np.random.Generator | None = None) -> list[np.ndarray]:
         import tensorflow as tf
 
         x, y = self.data
-        index = self._rng.choice(len(x), min(self.batch_size, len(x)), replace=False)
+        rng = self.rng() if rng is None else rng
+        index = rng.choice(len(x), min(self.batch_size, len(x)), replace=False)
         xb, yb = tf.constant(x[index]), tf.constant(y[index])
         effective = [tf.constant(w.masked_kernel_numpy()) for w in self._wrappers]
         mapping = []
@@ -123,7 +150,8 @@ class SparseTraining(keras.callbacks.Callback):
 
     def _update(self, step: int) -> None:
         fraction = self.drop_fraction * (1 + math.cos(math.pi * step / (self.end_fraction * self.total_steps))) / 2
-        grads = self._dense_gradients() if self.method == "rigl" else None
+        rng = self.rng(step)
+        grads = self._dense_gradients(rng) if self.method == "rigl" else None
         for i, w in enumerate(self._wrappers):
             mask = keras.ops.convert_to_numpy(w.mask).reshape(-1)
             kernel = keras.ops.convert_to_numpy(w.kernel_variable).reshape(-1)
@@ -139,7 +167,7 @@ class SparseTraining(keras.callbacks.Callback):
                 candidates = np.union1d(inactive, drop)
                 grow = candidates[np.argsort(-g[candidates], kind="stable")[:count]]
             else:
-                grow = self._rng.choice(inactive, count, replace=False)
+                grow = rng.choice(inactive, count, replace=False)
             new = np.setdiff1d(grow, active)  # connections that were not active before
             mask[drop] = 0.0
             mask[grow] = 1.0
@@ -158,11 +186,15 @@ class SparseTraining(keras.callbacks.Callback):
         if self.method == "rigl" and self.data is None:
             raise TfcompressError("RigL needs data for its dense gradient", "SparseTraining",
                                   "pass data=(x_train, y_train) (it is not saved in the callback's config)")
-        self.step = int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step))
-        if self.step == 0:
+        # a fresh model starts from random masks; when BackupAndRestore comes later in the
+        # callbacks it then overwrites them (and the step) with the checkpoint's
+        if int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step)) == 0:
             self._initial_masks()
+        self.step = None  # read at the first batch, after every callback's on_train_begin
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self.step is None:
+            self.step = int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step))
         if 0 < self.step <= self.end_fraction * self.total_steps and self.step % self.update_freq == 0:
             self._update(self.step)
         self.step += 1

@@ -43,9 +43,17 @@ from tfcompress.pruning.groups import removable_channels
 class CompressionSummaries(keras.callbacks.Callback):
     """Write the compression state of every tfcompress layer to TensorBoard event files.
 
+    It writes the model as it is when its hook runs: list it after the callbacks that change the
+    model in the same hooks (`UpdatePruning`, `PosteriorPruning` at batch begin / end,
+    `VariationalPruning` at epoch end) so that a step's values include their updates of that step.
+
+    Steps are the optimizer's ``iterations``: after a kill and a resume with ``BackupAndRestore``
+    the new event file continues at the steps the uninterrupted run writes (an epoch that was
+    cut short is written again from its start, with the same values).
+
     Args:
         log_dir: directory of the event files (created if missing).
-        update_freq: ``"epoch"`` (default) or a number of batches between writes.
+        update_freq: ``"epoch"`` (default) or a number of optimizer steps between writes.
     """
 
     def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch"):
@@ -67,8 +75,12 @@ class CompressionSummaries(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batches += 1
-        if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
-            self.write(self._step())
+        if self.update_freq != "epoch":
+            # every update_freq optimizer steps: the step restored by BackupAndRestore, so a
+            # resumed run writes at the steps an uninterrupted one does
+            step = self._step()
+            if step % self.update_freq == 0:
+                self.write(step)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.write(self._step())

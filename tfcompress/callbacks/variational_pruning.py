@@ -7,9 +7,13 @@ Pruning is permanent. The counts are written to ``logs`` and, with ``log_dir`` o
 ``writer``, to TensorBoard.
 
 Resuming: the callback keeps no state of its own (the masks are layer variables, saved in
-``.keras`` files and by ``BackupAndRestore``). List it before ``BackupAndRestore`` /
-``ModelCheckpoint`` in ``callbacks`` so that the checkpoint written at the end of an epoch
-already holds that epoch's pruning.
+``.keras`` files and by ``BackupAndRestore``). Listed after ``BackupAndRestore``, the checkpoint
+written at the end of an epoch holds the weights of that epoch but not yet its pruning; so when
+a ``fit`` starts past epoch 0 (resumed by ``BackupAndRestore``, or ``initial_epoch``), the
+callback applies the rule once more before the first batch. Pruning depends only on the
+posterior (``mu``, ``sigma``) and is permanent, so this repeats exactly what the end of the
+previous epoch did (nothing when the checkpoint already holds it): the resumed run's masks are
+an uninterrupted run's, whatever the order of the callbacks.
 """
 
 from __future__ import annotations
@@ -54,6 +58,19 @@ class VariationalPruning(keras.callbacks.Callback):
         log_dir: directory for a TensorBoard summary writer (created on train begin).
         writer: a ``tf.summary`` writer to use instead (not serialized).
         verbose: 1 prints the counts after each epoch.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from tfcompress.callbacks import VariationalPruning
+    >>> from tfcompress.layers.variational_bn import VariationalBatchNormalization
+    >>> x = keras.Input((4,))
+    >>> h = VariationalBatchNormalization(dataset_size=16, name="vbn")(keras.layers.Dense(6)(x))
+    >>> model = keras.Model(x, keras.layers.Dense(2)(h))
+    >>> model.compile("sgd", "mse")
+    >>> _ = model.fit(np.ones((16, 4)), np.ones((16, 2)), verbose=0, callbacks=[VariationalPruning(tau=2.0, theta=1.0)])
+    >>> int(model.get_layer("vbn").mask.numpy().sum())  # every |mu| < 2: all channels cut
+    0
     """
 
     def __init__(
@@ -78,6 +95,7 @@ class VariationalPruning(keras.callbacks.Callback):
         self.writer = writer
         self.verbose = int(verbose)
         self._layers: list = []
+        self._first_epoch = False
 
     def on_train_begin(self, logs=None):
         self._layers = [
@@ -94,6 +112,14 @@ class VariationalPruning(keras.callbacks.Callback):
             )
         if self.writer is None and self.log_dir is not None:
             self.writer = tf.summary.create_file_writer(self.log_dir)
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # after every callback's on_train_begin: BackupAndRestore has restored the checkpoint
+        if self._first_epoch and epoch > 0:
+            for layer in self._layers:
+                layer.prune(self.tau, self.theta)  # the end of epoch `epoch - 1`, if not in it
+        self._first_epoch = False
 
     def on_epoch_end(self, epoch, logs=None):
         counts = {}
