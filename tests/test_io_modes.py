@@ -79,3 +79,45 @@ def test_a_pipeline_failing_mid_way_is_a_calibration_error(tmp_path):
     with pytest.raises(CalibrationDataError, match="failed after 0 sample"):
         to_tflite(model, tmp_path / "m.tflite", "int8", representative_data=broken)
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_a_lambda_layer_prunes_quantizes_and_exports_and_its_file_names_the_fix(tmp_path):
+    """A Lambda is reused as it is (never rebuilt from its config, which Keras' safe mode refuses):
+    prune, fit, strip, quantize and the int8 export run through it; loading a saved file that
+    holds one is a TfcompressError naming safe_mode=False, before any conversion."""
+    import keras
+    import numpy as np
+    import pytest
+
+    import tfcompress
+    from tfcompress.callbacks import UpdatePruning
+    from tfcompress.errors import TfcompressError
+    from tfcompress.export import load_keras_model, to_tflite
+    from tfcompress.pruning import ConstantSparsity, pruning_wrappers
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu", name="fc1")(x)
+    h = keras.layers.Lambda(lambda t: t * 0.5, name="halve")(h)
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(h))
+    rng = np.random.default_rng(0)
+    data, target = rng.normal(size=(32, 8)).astype("float32"), rng.normal(size=(32, 3)).astype("float32")
+
+    pruned = tfcompress.prune(model, ConstantSparsity(0.5, 0))
+    pruned.compile("adam", "mse")
+    pruned.fit(data, target, batch_size=8, verbose=0, callbacks=[UpdatePruning()])
+    assert [float(w.mask.numpy().mean()) for w in pruning_wrappers(pruned)] == [0.5, 0.5]
+    plain = tfcompress.strip(pruned)
+    np.testing.assert_allclose(plain.predict(data, verbose=0), pruned.predict(data, verbose=0), atol=1e-6)
+    qat = tfcompress.quantize(plain)
+    qat.compile("adam", "mse")
+    qat.fit(data, target, batch_size=8, verbose=0)
+    report = to_tflite(qat, tmp_path / "lambda_int8.tflite", quantization="int8")
+    assert report.int8_coverage == 1.0 and not report.float_ops
+
+    pruned.save(tmp_path / "pruned.keras")
+    with pytest.raises(TfcompressError, match="safe_mode=False") as info:
+        load_keras_model(tmp_path / "pruned.keras")
+    assert "Lambda" in info.value.what
+    again = keras.saving.load_model(tmp_path / "pruned.keras", safe_mode=False)
+    np.testing.assert_allclose(again.predict(data, verbose=0), pruned.predict(data, verbose=0), atol=1e-6)

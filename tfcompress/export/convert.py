@@ -108,6 +108,13 @@ def load_keras_model(path: str | os.PathLike):
     try:
         return keras.saving.load_model(p)
     except Exception as exc:
+        if "safe_mode" in str(exc):  # a Lambda's Python code: Keras refuses to run it from a file
+            raise TfcompressError(
+                "the model holds Python code (a Lambda layer's function), which Keras does not load "
+                "from a file by default", str(p),
+                "if you trust the file, load it with keras.saving.load_model(path, safe_mode=False) "
+                "and pass the model object; or replace the Lambda by a registered layer class",
+            ) from None
         raise TfcompressError(
             f"cannot load the Keras model ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
             str(p),
