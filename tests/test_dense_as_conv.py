@@ -35,3 +35,24 @@ def test_dense_as_conv_makes_tflm_and_litert_reference_agree(tmp_path):
     added = load_tflite(tmp_path / "conv.tflite").weight_stats()["weight_elements"] - \
         load_tflite(tmp_path / "fc.tflite").weight_stats()["weight_elements"]
     assert 0 <= added <= 3 * 2 * 16
+
+
+def test_members_with_the_same_layer_names_are_inlined_and_rewritten():
+    from tfcompress.core import rebuild, trace
+    from tfcompress.uncertainty import ensemble
+
+    def member(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="relu", name="fc1"),
+                                 keras.layers.Dense(3, name="logits")], name=f"m{seed}")
+
+    model = ensemble([member(0), member(1), member(2)]).model
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    want = model.predict(x, verbose=0)
+    flat = rebuild(trace(model))          # three "fc1" layers: copies get unique names
+    conv, count = dense_as_conv(model)
+    assert count == 6
+    for other in (flat, conv):
+        got = other.predict(x, verbose=0)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-6)

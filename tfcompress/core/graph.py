@@ -261,6 +261,13 @@ def _has_graph(model) -> bool:
     return hasattr(model, "_run_through_graph") and bool(getattr(model, "inputs", None))
 
 
+def _unique(name: str, used: set[str]) -> str:
+    k = 1
+    while f"{name}_{k}" in used:
+        k += 1
+    return f"{name}_{k}"
+
+
 def copy_layer(layer):
     """A fresh copy of ``layer`` by its registered handler (default: ``from_config``)."""
     return handler_for(layer).clone(layer)
@@ -298,6 +305,7 @@ def rebuild(graph: Graph, replace: Callable[[Node, tuple, dict], Any] | None = N
         new_tensors[tid] = new if input_transform is None else input_transform(tid, new)
         new_inputs.append(new)
     copies: dict[int, Any] = {}  # a shared layer is copied once and called as often as before
+    names: set[str] = set()
     for node in graph.nodes:
         if isinstance(node.op, keras.layers.InputLayer):
             continue
@@ -312,9 +320,13 @@ def rebuild(graph: Graph, replace: Callable[[Node, tuple, dict], Any] | None = N
                 out = copies[id(node.op)](*args, **kwargs)
             else:
                 new = copy_layer(node.op) if node.is_layer else None
+                if new is not None and new.name in names:
+                    # inlined nested models may each have a "conv1"; a Functional model needs unique names
+                    new.name = _unique(new.name, names)
                 out = call_copy(node, args, kwargs, copy_weights=copy_weights, layer=new)
                 if new is not None:
                     copies[id(node.op)] = new
+                    names.add(new.name)
         outs = keras.tree.flatten(out)  # a list, a tuple or a dict of outputs (in Keras' order)
         if len(outs) != len(node.outputs):
             raise TfcompressError(f"{node.name} was replaced by {len(outs)} outputs, it has {len(node.outputs)}",

@@ -40,6 +40,7 @@ def dense_as_conv(model) -> tuple[keras.Model, int]:
     from tfcompress.core import rebuild, trace
 
     rewritten = 0
+    seen: dict[str, int] = {}  # members of an ensemble may each have a "fc1"
 
     def replace(node, args, kwargs):
         nonlocal rewritten
@@ -47,14 +48,16 @@ def dense_as_conv(model) -> tuple[keras.Model, int]:
         if type(layer) is not keras.layers.Dense or kwargs or len(args) != 1 or len(args[0].shape) != 2:
             return None
         units, features = layer.units, int(args[0].shape[-1])
+        seen[layer.name] = seen.get(layer.name, 0) + 1
+        base = layer.name if seen[layer.name] == 1 else f"{layer.name}_{seen[layer.name] - 1}"
         conv = keras.layers.Conv2D(units, 1, activation=layer.activation, use_bias=layer.use_bias,
-                                   dtype=layer.dtype_policy, name=f"{layer.name}_as_conv")
-        x = keras.layers.Reshape((1, 1, features), name=f"{layer.name}_to_4d")(args[0])
+                                   dtype=layer.dtype_policy, name=f"{base}_as_conv")
+        x = keras.layers.Reshape((1, 1, features), name=f"{base}_to_4d")(args[0])
         y = conv(x)
         kernel, *bias = layer.get_weights()
         conv.set_weights([kernel.reshape(1, 1, features, units), *bias])
         rewritten += 1
-        return keras.layers.Reshape((units,), name=f"{layer.name}_to_2d")(y)
+        return keras.layers.Reshape((units,), name=f"{base}_to_2d")(y)
 
     converted = rebuild(trace(model), replace)
     return (converted, rewritten) if rewritten else (model, 0)
