@@ -6,7 +6,23 @@ variational draws, SG-MCMC samples) run as one graph on one input, and the file'
 the posterior predictive and the decomposition total = knowledge + expected data uncertainty.
 """
 
+from tfcompress.uncertainty.batch_ensemble import (
+    BatchEnsembleConv2D,
+    BatchEnsembleDense,
+    StackMembers,
+    batch_ensemble_members,
+    mimo_inference_model,
+    mimo_inputs,
+    mimo_members,
+    mimo_model,
+)
+from tfcompress.uncertainty.collect import CyclicalSGMCMC, SnapshotEnsemble, train_deep_ensemble
 from tfcompress.uncertainty.mc_dropout import FrozenNoise, TileMembers, mc_dropout, register_dropout
+from tfcompress.uncertainty.metrics import (
+    evaluate_posterior,
+    evaluate_tflite_uncertainty,
+    evaluate_uncertainty,
+)
 from tfcompress.uncertainty.posterior import (
     Posterior,
     PosteriorExport,
@@ -15,21 +31,40 @@ from tfcompress.uncertainty.posterior import (
     run_tflite,
 )
 from tfcompress.uncertainty.predictive import OUTPUT_NAMES, UncertaintyHead, decompose
+from tfcompress.uncertainty.samplers import SGHMC, SGLD
 from tfcompress.uncertainty.storage import StorageAccounting, storage_accounting
+from tfcompress.uncertainty.variational import sample_members
 
 __all__ = [
     "OUTPUT_NAMES",
+    "BatchEnsembleConv2D",
+    "BatchEnsembleDense",
+    "CyclicalSGMCMC",
     "FrozenNoise",
     "Posterior",
     "PosteriorExport",
+    "SGHMC",
+    "SGLD",
+    "SnapshotEnsemble",
+    "StackMembers",
     "StorageAccounting",
     "TileMembers",
     "UncertaintyHead",
+    "batch_ensemble_members",
     "decompose",
     "ensemble",
+    "evaluate_posterior",
+    "evaluate_tflite_uncertainty",
+    "evaluate_uncertainty",
     "from_stacked",
     "mc_dropout",
+    "mimo_inference_model",
+    "mimo_inputs",
+    "mimo_members",
+    "mimo_model",
     "register_dropout",
     "run_tflite",
+    "sample_members",
     "storage_accounting",
+    "train_deep_ensemble",
 ]
