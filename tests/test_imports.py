@@ -27,7 +27,9 @@ METHOD_PACKAGES = (
     "tfcompress.uncertainty",
 )
 # what tfcompress.export sits below
-ABOVE_EXPORT = ("tfcompress.callbacks", "tfcompress.cli")
+ABOVE_EXPORT = ("tfcompress.callbacks", "tfcompress.cli", "tfcompress.uncertainty")
+# tfcompress.uncertainty reads the layers, methods, export and callbacks; only these sit above it
+ABOVE_UNCERTAINTY = ("tfcompress.cli",)
 
 
 def _module_name(path: Path) -> str:
@@ -224,4 +226,13 @@ def test_core_imports_no_layer_or_method():
 
 def test_export_imports_no_callback_or_cli():
     violations = _violations(_graph(), "tfcompress.export", ABOVE_EXPORT)
-    assert not violations, "tfcompress.export sits below callbacks and the CLI:\n" + "\n".join(violations)
+    assert not violations, "tfcompress.export sits below callbacks, uncertainty and the CLI:\n" + "\n".join(violations)
+
+
+def test_uncertainty_sits_above_methods_export_and_callbacks_and_below_the_cli():
+    graph = _graph()
+    violations = _violations(graph, "tfcompress.uncertainty", ABOVE_UNCERTAINTY)
+    for lower in ("tfcompress.pruning", "tfcompress.quantization", "tfcompress.bayesian", "tfcompress.callbacks"):
+        violations += _violations(graph, lower, ("tfcompress.uncertainty",))
+    assert not violations, "tfcompress.uncertainty sits above the methods, export and callbacks, below the CLI:\n" + \
+        "\n".join(violations)
