@@ -496,7 +496,9 @@ def _read_roles(values: dict[str, np.ndarray], roles: dict[str, str], where: str
     probs = got["probs"] if "probs" in got else np.exp(got["log_probs"])
     probs = np.clip(probs.reshape(n, -1), 0.0, None)
     totals = probs.sum(axis=1, keepdims=True)
-    if np.any(np.abs(totals - 1.0) > 0.25):  # int8 rounding moves a mean of S softmaxes by ~0.1
+    # int8 rounding moves the sums (< 0.01 on a 3-member posterior's test inputs, down to 0.86 on OOD
+    # inputs 4x wider than the calibration data, whose activations saturate); logits do not sum to 1
+    if np.any(np.abs(totals - 1.0) > 0.25):
         raise TfcompressError(f"the probabilities' rows sum to [{totals.min():.3f}, {totals.max():.3f}], not 1",
                               where, "point outputs={'logits': ...} at a logits output, or 'probs' at softmax outputs")
     out = {"probs": probs / totals}  # int8 rounding: back on the simplex
