@@ -106,7 +106,15 @@ class _BatchEnsembleBase(keras.layers.Layer):
         return self.activation(_per_member(y, self.output_scale, self.bias))
 
     def member_weights(self, member: int) -> list[np.ndarray]:
-        """``[W o (s_i r_i^T), b_i]`` of member ``i`` (eq. 1): the kernel and bias of its plain layer."""
+        """``[W o (s_i r_i^T), b_i]`` of member ``i`` (eq. 1): the kernel and bias of its plain layer.
+
+        Example:
+
+        >>> layer = BatchEnsembleDense(2, members=3)
+        >>> layer.build((None, 4))
+        >>> [w.shape for w in layer.member_weights(1)]
+        [(4, 2), (2,)]
+        """
         if not 0 <= member < self.members:
             raise TfcompressError(f"member {member} out of range [0, {self.members})", self.name,
                                   "pass a member index below members")
@@ -156,7 +164,13 @@ class BatchEnsembleDense(_BatchEnsembleBase):
         return ops.matmul(x, self.kernel)
 
     def plain_layer(self, name: str) -> keras.layers.Dense:
-        """The ``Dense`` a member's weights (`member_weights`) go into."""
+        """The ``Dense`` a member's weights (`member_weights`) go into.
+
+        Example:
+
+        >>> BatchEnsembleDense(5, members=2).plain_layer("fc").units
+        5
+        """
         return keras.layers.Dense(self.units, activation=self.activation, name=name)
 
     def compute_output_shape(self, input_shape):
@@ -208,7 +222,13 @@ class BatchEnsembleConv2D(_BatchEnsembleBase):
                         dilation_rate=self.dilation_rate, data_format="channels_last")
 
     def plain_layer(self, name: str) -> keras.layers.Conv2D:
-        """The ``Conv2D`` a member's weights (`member_weights`) go into."""
+        """The ``Conv2D`` a member's weights (`member_weights`) go into.
+
+        Example:
+
+        >>> BatchEnsembleConv2D(5, 3, members=2, strides=2).plain_layer("conv").strides
+        (2, 2)
+        """
         return keras.layers.Conv2D(self.filters, self.kernel_size, strides=self.strides, padding=self.padding,
                                    dilation_rate=self.dilation_rate, activation=self.activation, name=name)
 
@@ -254,7 +274,15 @@ def batch_ensemble_members(model: keras.Model) -> list[keras.Model]:
     `StackMembers` are dropped, the other layers are copied with their weights; every layer is
     renamed ``<name>_member_<i>`` (`tfcompress.uncertainty.collect.member_copy`).
 
-    Example: see the module docstring.
+    Example:
+
+    >>> x = keras.Input((4,))
+    >>> layer = BatchEnsembleDense(2, members=2)
+    >>> model = keras.Model(x, StackMembers(2)(layer(TileMembers(2)(x))))
+    >>> members = batch_ensemble_members(model)
+    >>> z = np.ones((1, 4), "float32")
+    >>> bool(np.allclose(members[1](z), model(z)[:, 1], atol=1e-6))
+    True
     """
     from tfcompress.core import rebuild, trace
 

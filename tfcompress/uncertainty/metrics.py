@@ -166,7 +166,14 @@ def brier_score(probs: Any, labels: Any) -> float:
 @dataclass
 class ReliabilityDiagram:
     """Per-bin calibration (Guo et al. 2017, fig. 1): bin ``m`` holds confidences in
-    ``(edges[m], edges[m + 1]]``; ``confidence`` / ``accuracy`` are NaN for an empty bin."""
+    ``(edges[m], edges[m + 1]]``; ``confidence`` / ``accuracy`` are NaN for an empty bin.
+
+    Example:
+
+    >>> d = reliability_diagram([[0.9, 0.1], [0.8, 0.2]], [0, 1], num_bins=2)
+    >>> d.counts.tolist(), d.accuracy.tolist(), round(d.ece, 2)
+    ([0, 2], [nan, 0.5], 0.35)
+    """
 
     edges: np.ndarray
     counts: np.ndarray
@@ -298,6 +305,12 @@ class SelectiveCurve:
 
     ``rejection[j] = j / N`` for ``j = 0, ..., N - 1`` inputs rejected; ``area`` is the mean of
     ``accuracy`` (the area under the curve over coverage, ``1 - AURC``).
+
+    Example:
+
+    >>> curve = selective_prediction([[0.9, 0.1], [0.6, 0.4]], [0, 1])
+    >>> curve.accuracy_at(0.0), curve.accuracy_at(0.5), curve.area
+    (0.5, 1.0, 0.75)
     """
 
     rejection: np.ndarray
@@ -355,6 +368,12 @@ class UncertaintyReport:
 
     ``selective_area`` and ``ood`` are keyed by score (``SCORES`` the input has);
     ``ood[score]`` holds ``auroc`` and ``fpr_at_95_tpr``.
+
+    Example:
+
+    >>> report = evaluate_uncertainty([[0.9, 0.1], [0.3, 0.7]], [0, 1])
+    >>> report.accuracy, sorted(report.to_dict()["selective_area"])
+    (1.0, ['max_softmax', 'total'])
     """
 
     accuracy: float

@@ -64,7 +64,13 @@ def _numpy(v) -> np.ndarray:
 def _truncated_normal(mu: np.ndarray, sigma: np.ndarray, low: float, high: float, size: int,
                       rng: np.random.Generator) -> np.ndarray:
     """``size`` draws of ``TN(mu, sigma^2; low, high)`` (TFP's sampler, float64)."""
-    import tensorflow_probability as tfp
+    try:
+        import tensorflow_probability as tfp
+    except ImportError:  # an optional dependency since issue 23 (the tfp extra)
+        from tfcompress.errors import TfcompressError
+
+        raise TfcompressError("posterior draws of LogNormalDropout (SBP) need tensorflow-probability",
+                              "uncertainty.posterior_samples", "pip install 'tfcompress[tfp]'") from None
 
     dist = tfp.distributions.TruncatedNormal(mu, sigma, low, high)
     seed = [int(s) for s in rng.integers(0, 2**31 - 1, size=2)]
@@ -205,7 +211,13 @@ def sample_members(model: keras.Model, size: int, seed: int = 0) -> list[keras.M
         size: S.
         seed: the draws' seed (the same seed gives the same members).
 
-    Example: see the module docstring.
+    Example:
+
+    >>> from tfcompress.layers import VariationalDense
+    >>> model = keras.Sequential([keras.Input((4,)), VariationalDense(3, dataset_size=100, name="vd")])
+    >>> first, second = sample_members(model, 2, seed=0)
+    >>> first.layers[-1].name, bool(np.allclose(first.get_weights()[0], second.get_weights()[0]))
+    ('vd_sample_0', False)
     """
     from tfcompress.bayesian import strip
     from tfcompress.core import rebuild, trace
