@@ -190,6 +190,14 @@ def test_a_posterior_round_trips_through_a_keras_file(members, digits, tmp_path)
             np.testing.assert_allclose(got[name], want[name], atol=1e-6)
 
 
+def test_clones_of_one_model_make_an_ensemble(members, digits):
+    x, _ = digits
+    clones = [keras.models.clone_model(members[0]) for _ in range(3)]
+    posterior = ensemble(clones)
+    assert len({m.name for m in clones}) == 3
+    assert posterior.member_logits(x[:4]).shape == (4, 3, 10)
+
+
 def test_a_stacked_model_is_a_posterior():
     inp = keras.Input((5,))
     logits = keras.layers.Reshape((3, 4))(keras.layers.Dense(12)(inp))

@@ -231,6 +231,7 @@ def ensemble(members, *, name: str = "ensemble") -> Posterior:
     Each member is a Keras model whose output is class logits ``[batch, classes]`` (no
     softmax). The posterior predictive is their average, eq. (4) of Vadera et al. (2021); the
     members keep their own weights (storage S x one model) and run as S branches of one graph.
+    Members that share a name (clones of one model) are renamed ``NAME_member_I``.
 
     Example:
         >>> import keras
@@ -248,8 +249,13 @@ def ensemble(members, *, name: str = "ensemble") -> Posterior:
             raise TfcompressError(
                 f"member {i} maps {_check_member(member, i)}, member 0 maps {first}",
                 f"members[{i}] ({member.name})", "give every member the same input shape and classes")
-    for member in members:
+    names: set[str] = set()
+    for i, member in enumerate(members):
         refuse_stochastic(member)
+        if member.name in names:
+            # clones of one model share its name; a Functional model needs unique layer names
+            member.name = f"{member.name}_member_{i}"
+        names.add(member.name)
     input_shape, classes = first
     x = keras.Input(shape=input_shape, name=members[0].inputs[0].name.split(":")[0])
     stacked = [keras.layers.Reshape((1, classes), name=f"member_{i}_logits")(m(x)) for i, m in enumerate(members)]
