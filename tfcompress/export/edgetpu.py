@@ -229,7 +229,14 @@ def _activation(op: OpInfo) -> int:
 
 
 def _shape(model: TFLiteModel, index: int, subgraph: int) -> tuple[int, ...]:
+    if not 0 <= index < len(model.tensors[subgraph]):  # absent (-1); the verifier allows it only where optional
+        return ()
     return model.tensors[subgraph][index].shape
+
+
+def _io(indices: tuple[int, ...], k: int) -> int:
+    """The ``k``-th input / output index, -1 when the op has fewer."""
+    return indices[k] if k < len(indices) else -1
 
 
 def _const_ints(model: TFLiteModel, index: int, subgraph: int) -> list[int] | None:
@@ -249,9 +256,9 @@ def _op_limitation(model: TFLiteModel, op: OpInfo) -> str | None:
     if name == "CONCATENATION":
         if _activation(op) != _NO_ACTIVATION:
             return "concatenation with a fused activation function is not supported"
-        constant_inputs = [i for i in op.inputs if i >= 0 and model.tensors[sg][i].constant]
-        if constant_inputs:
-            values = [model.constant_values(model.tensors[sg][i]) for i in constant_inputs]
+        constant_inputs = {i for i in op.inputs if i >= 0 and model.tensors[sg][i].constant}
+        if constant_inputs:  # each distinct tensor once: an op may list one tensor many times
+            values = [model.constant_values(model.tensors[sg][i]) for i in sorted(constant_inputs)]
             all_zero = all(v is not None and not v.any() for v in values)
             if len(op.inputs) != 2 or not all_zero:
                 return "a constant concatenation input is only supported as an all-zero 2-input pad"
@@ -263,11 +270,11 @@ def _op_limitation(model: TFLiteModel, op: OpInfo) -> str | None:
     if name == "FULLY_CONNECTED":
         if int(getattr(op.options, "weightsFormat", 0) or 0) != 0:
             return "only the default fully-connected weights format is supported"
-        out = _shape(model, op.outputs[0], sg)
+        out = _shape(model, _io(op.outputs, 0), sg)
         if sum(d > 1 for d in out) > 1:
             return f"fully-connected output must be one-dimensional (got shape {list(out)})"
     if name == "SOFTMAX":
-        shape = _shape(model, op.inputs[0], sg)
+        shape = _shape(model, _io(op.inputs, 0), sg)
         if sum(d > 1 for d in shape) > 1:
             return f"softmax supports only a 1-D input (got shape {list(shape)})"
         elements = 1
@@ -276,29 +283,29 @@ def _op_limitation(model: TFLiteModel, op: OpInfo) -> str | None:
         if elements > SOFTMAX_MAX_ELEMENTS:
             return f"softmax input has {elements} elements, more than {SOFTMAX_MAX_ELEMENTS:,}"
     if name in {"MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN"}:
-        axes = _const_ints(model, op.inputs[1], sg) if len(op.inputs) > 1 else None
-        rank = len(_shape(model, op.inputs[0], sg))
+        axes = _const_ints(model, _io(op.inputs, 1), sg)
+        rank = len(_shape(model, _io(op.inputs, 0), sg))
         if axes is not None and any(a % max(rank, 1) == 0 for a in axes) and rank > 1:
             return "reduction over the batch dimension is not supported"
     if name == "PAD" and len(op.inputs) > 1:
-        paddings = _const_ints(model, op.inputs[1], sg)
+        paddings = _const_ints(model, _io(op.inputs, 1), sg)
         if paddings and any(paddings[:2]):
             return "padding in the batch dimension is not supported"
     if name in {"PACK", "SPLIT"}:
         axis = getattr(op.options, "axis", None)
         if name == "SPLIT":
-            axis_values = _const_ints(model, op.inputs[0], sg)
+            axis_values = _const_ints(model, _io(op.inputs, 0), sg)
             axis = axis_values[0] if axis_values else None
         if axis == 0:
             return f"{name.lower()} along the batch dimension is not supported"
     if name == "STRIDED_SLICE":
-        strides = _const_ints(model, op.inputs[3], sg) if len(op.inputs) > 3 else None
+        strides = _const_ints(model, _io(op.inputs, 3), sg)
         if strides is None or any(s != 1 for s in strides):
             return "strided slice is supported only with all strides equal to 1"
         if getattr(op.options, "ellipsisMask", 0) or getattr(op.options, "newAxisMask", 0):
             return "strided slice with an ellipsis or new-axis mask is not supported"
     if name in {"RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"}:
-        shape = _shape(model, op.inputs[0], sg)
+        shape = _shape(model, _io(op.inputs, 0), sg)
         if sum(d > 1 for d in shape) > 3:
             return "resize input must be a 3-dimensional tensor"
     return None
@@ -500,11 +507,15 @@ def _apply_compiler(verdicts: list[OpVerdict], run: CompilerRun) -> list[OpVerdi
     return out
 
 
-def edgetpu_report(source: str | os.PathLike | bytes, compiler: str = "auto") -> EdgeTPUReport:
+def edgetpu_report(source: str | os.PathLike | bytes | TFLiteModel, compiler: str = "auto") -> EdgeTPUReport:
     """Check a ``.tflite`` model against the Edge TPU compiler's documented requirements.
 
+    Example:
+        >>> print(edgetpu_report("model.tflite", compiler="off").one_line())     # doctest: +SKIP
+        ready: all 7 ops map to the Edge TPU (static check)
+
     Args:
-        source: path of the ``.tflite`` file, or its bytes.
+        source: path of the ``.tflite`` file, its bytes, or a `TFLiteModel` already loaded.
         compiler: ``"auto"`` runs ``edgetpu_compiler`` when it is on PATH; ``"off"`` never
             runs it (static report); ``"required"`` raises when it is missing.
 
@@ -514,7 +525,7 @@ def edgetpu_report(source: str | os.PathLike | bytes, compiler: str = "auto") ->
     """
     if compiler not in {"auto", "off", "required"}:
         raise TfcompressError(f"unknown compiler mode {compiler!r}", "compiler", "use 'auto', 'off' or 'required'")
-    model = load_tflite(source)
+    model = source if isinstance(source, TFLiteModel) else load_tflite(source)
     verdicts, first_cpu = static_verdicts(model)
     checks, parameter_bytes = _model_checks(model, verdicts)
     notes: list[str] = []

@@ -2,11 +2,25 @@
 
 A malformed file must be rejected here, before any C++ interpreter (LiteRT,
 TFLite Micro, the Edge TPU compiler) sees it: those parse with few bounds
-checks and a corrupted offset can crash the process. We parse the whole file
-with the pure-Python flatbuffer reader generated from the TFLite schema
-(every read is bounds-checked by ``struct.unpack_from``) and then check the
-cross references the interpreters trust: op-code, tensor and buffer indices,
-buffer sizes against tensor shapes, quantization parameter shapes.
+checks and a corrupted offset or a shape that lies can crash the process.
+`load_tflite` runs two verifiers, then parses:
+
+1. `tfcompress.export.flatbuffer.read_flatbuffer`: the checks flatbuffers' C++
+   verifier makes (every table, vtable, offset, vector and string inside the
+   file and aligned), plus limits on offsets aliasing the same data;
+2. `tfcompress.export.verify.verify_model`: the semantic rules (indices, optional
+   inputs, shapes, sizes, quantization, op codes, options, graph order, strings,
+   work limits);
+
+The first reads the model as it verifies it, into the object API's classes
+(``schema_py_generated.ModelT``); constant data are views of the file's
+bytes, never copies.
+
+Example:
+    >>> from tfcompress.export.tflite_file import load_tflite
+    >>> model = load_tflite("model.tflite")              # doctest: +SKIP
+    >>> model.op_counts()                                # doctest: +SKIP
+    {'CONV_2D': 2, 'MAX_POOL_2D': 2, 'RESHAPE': 1, 'FULLY_CONNECTED': 2}
 """
 
 from __future__ import annotations
@@ -15,15 +29,16 @@ import gzip
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
 
 from tfcompress.errors import InvalidModelFileError
+from tfcompress.export.flatbuffer import read_flatbuffer
+from tfcompress.export.verify import enum_names, verify_model
 
 _FILE_IDENTIFIER = b"TFL3"
-_SCHEMA_VERSION = 3
 # A flatbuffer holding one empty subgraph is larger than this.
 _MIN_SIZE = 24
 
@@ -33,11 +48,11 @@ BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
 INTEGER_ACTIVATION_TYPES = frozenset({"INT8", "UINT8", "INT16"})
 
-_ITEMSIZE = {
-    "FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1, "INT16": 2,
-    "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16, "UINT64": 8, "UINT32": 4,
-    "UINT16": 2, "BFLOAT16": 2,
-}
+# Tensor types NumPy reads as they are stored (not INT4 / BFLOAT16 / STRING ...).
+_NUMPY_TYPES = frozenset({
+    "FLOAT32", "FLOAT16", "FLOAT64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+    "UINT64", "BOOL", "COMPLEX64", "COMPLEX128",
+})
 
 
 @cache
@@ -45,12 +60,6 @@ def _schema():
     from ai_edge_litert import schema_py_generated
 
     return schema_py_generated
-
-
-@cache
-def _enum_names(enum_name: str) -> dict[int, str]:
-    enum = getattr(_schema(), enum_name)
-    return {v: k for k, v in vars(enum).items() if not k.startswith("_") and isinstance(v, int)}
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class TensorInfo:
     constant: bool
     nbytes: int
     quantization: QuantizationInfo | None
+    sparse: bool = False
 
     @property
     def dynamic_dims(self) -> tuple[int, ...]:
@@ -128,12 +138,17 @@ class TFLiteModel:
     def op_dtypes(self, op: OpInfo) -> set[str]:
         return {t.dtype for t in self.op_tensors(op)}
 
+    @cached_property
+    def _io_indices(self) -> tuple[frozenset[int], frozenset[int]]:
+        return frozenset(t.index for t in self.inputs), frozenset(t.index for t in self.outputs)
+
     def is_boundary_op(self, op: OpInfo) -> bool:
         """QUANTIZE of a model input or DEQUANTIZE into a model output."""
+        inputs, outputs = self._io_indices
         if op.name == "QUANTIZE" and op.subgraph == 0:
-            return any(i in {t.index for t in self.inputs} for i in op.inputs)
+            return any(i in inputs for i in op.inputs)
         if op.name == "DEQUANTIZE" and op.subgraph == 0:
-            return any(o in {t.index for t in self.outputs} for o in op.outputs)
+            return any(o in outputs for o in op.outputs)
         return False
 
     def float_ops(self) -> list[OpInfo]:
@@ -172,14 +187,15 @@ class TFLiteModel:
         return {"weight_elements": elements, "weight_zeros": zeros, "weight_bytes": nbytes}
 
     def constant_values(self, tensor: TensorInfo) -> np.ndarray | None:
-        """The stored values of a constant tensor, or None for activations / odd dtypes."""
+        """The stored values of a constant tensor (a read-only view of the file), or None for
+        activations, sparse tensors and types NumPy does not store as TFLite does."""
         raw = self._buffers.get(tensor.buffer)
-        if raw is None or tensor.dtype not in _ITEMSIZE or tensor.dtype == "BFLOAT16":
+        if raw is None or tensor.dtype not in _NUMPY_TYPES or tensor.sparse:
             return None
         dtype = np.dtype(tensor.dtype.lower()).newbyteorder("<")
         return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
 
-    _buffers: dict[int, bytes] = field(default_factory=dict, repr=False)
+    _buffers: dict[int, memoryview] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
         """A JSON-ready description (what `tfcompress inspect --json` prints)."""
@@ -267,135 +283,70 @@ def _parse(data: bytes, where: str, path: str | None) -> TFLiteModel:
     root = int.from_bytes(data[0:4], "little")
     if root < 8 or root + 4 > len(data):
         raise _fail(where, "corrupted flatbuffer: root table offset points outside the file (truncated?)")
+    model = read_flatbuffer(data, where)  # verified as it is read: every offset inside the file
 
-    schema = _schema()
-    try:
-        model = schema.ModelT.InitFromPackedBuf(data, 0)
-    except Exception as exc:  # any bounds or decode failure of the pure-Python reader
-        raise _fail(where, f"corrupted or truncated flatbuffer ({type(exc).__name__}: {exc})") from None
-
-    if model.version != _SCHEMA_VERSION:
-        raise _fail(where, f"unsupported TFLite schema version {model.version} (expected {_SCHEMA_VERSION})")
-    if not model.subgraphs:
-        raise _fail(where, "model has no subgraph")
-    operator_codes = model.operatorCodes or []
-    buffers = model.buffers or []
-    builtin_names = _enum_names("BuiltinOperator")
-    type_names = _enum_names("TensorType")
-
-    buffer_bytes: dict[int, bytes] = {}
-    for b_index, buf in enumerate(buffers):
-        if buf is None:
-            continue
+    buffer_bytes: dict[int, memoryview] = {}
+    for b_index, buf in enumerate(model.buffers or []):
+        has_data = buf.data is not None and not isinstance(buf.data, int) and len(buf.data) > 0
         if buf.offset and buf.offset > 1:
             # Large models store buffers after the flatbuffer, addressed by offset/size.
+            if has_data:
+                raise _fail(where, f"buffer {b_index} has both inline data and an offset")
             if buf.offset + buf.size > len(data):
                 raise _fail(where, f"buffer {b_index} points past the end of the file (truncated?)")
-            buffer_bytes[b_index] = data[buf.offset : buf.offset + buf.size]
-        elif buf.data is not None and len(buf.data) > 0:
-            buffer_bytes[b_index] = np.asarray(buf.data, dtype=np.uint8).tobytes()
-
-    op_names: list[str] = []
-    for c_index, code in enumerate(operator_codes):
-        builtin = max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
-        if builtin not in builtin_names:
-            raise _fail(where, f"operator code {c_index} has unknown builtin op {builtin}")
-        name = builtin_names[builtin]
-        if name == "CUSTOM":
-            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
-            name = f"CUSTOM:{custom}"
-        op_names.append(name)
+            buffer_bytes[b_index] = memoryview(data)[buf.offset : buf.offset + buf.size]
+        elif has_data:
+            buffer_bytes[b_index] = memoryview(buf.data)  # a view of `data`: nothing is copied
+    op_names = verify_model(model, data, where, buffer_bytes)
 
     all_tensors: list[list[TensorInfo]] = []
     ops: list[OpInfo] = []
     for s_index, sg in enumerate(model.subgraphs):
         tensors: list[TensorInfo] = []
         for t_index, t in enumerate(sg.tensors or []):
-            tloc = f"subgraph {s_index} tensor {t_index}"
-            if t.type not in type_names:
-                raise _fail(where, f"{tloc} has unknown type {t.type}")
-            dtype = type_names[t.type]
             shape = tuple(int(d) for d in (t.shape if t.shape is not None else []))
-            if any(d < 0 for d in shape):
-                raise _fail(where, f"{tloc} has a negative dimension in its shape {shape}")
             signature = tuple(int(d) for d in t.shapeSignature) if t.shapeSignature is not None else shape
             if len(signature) != len(shape):
                 signature = shape
-            if not 0 <= t.buffer < max(len(buffers), 1):
-                raise _fail(where, f"{tloc} refers to buffer {t.buffer}, but the model has {len(buffers)}")
-            raw = buffer_bytes.get(t.buffer)
-            nbytes = len(raw) if raw is not None else 0
-            if raw is not None and dtype in _ITEMSIZE and dtype != "BFLOAT16" and t.sparsity is None:
-                expected = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
-                if expected != nbytes:
-                    raise _fail(
-                        where,
-                        f"{tloc} ({_name(t)}) holds {nbytes} bytes but its shape {shape} needs {expected}",
-                    )
+            raw = buffer_bytes.get(int(t.buffer))
             quant = None
             q = t.quantization
             if q is not None and q.scale is not None and len(q.scale) > 0:
-                scales = tuple(float(s) for s in q.scale)
+                scales = tuple(float(v) for v in q.scale)
                 zps = tuple(int(z) for z in q.zeroPoint) if q.zeroPoint is not None else (0,) * len(scales)
-                if len(zps) != len(scales):
-                    raise _fail(where, f"{tloc} has {len(scales)} scales but {len(zps)} zero points")
-                if len(scales) > 1:
-                    qdim = int(q.quantizedDimension)
-                    if not (0 <= qdim < len(shape)) or shape[qdim] != len(scales):
-                        raise _fail(
-                            where,
-                            f"{tloc} has {len(scales)} per-channel scales that do not match "
-                            f"dimension {qdim} of shape {shape}",
-                        )
-                if not all(np.isfinite(scales)) or any(s < 0 for s in scales):
-                    raise _fail(where, f"{tloc} has a negative or non-finite quantization scale")
                 quant = QuantizationInfo(scales, zps, int(q.quantizedDimension))
             tensors.append(
                 TensorInfo(
                     index=t_index,
                     name=_name(t),
-                    dtype=dtype,
+                    dtype=enum_names("TensorType")[t.type],
                     shape=shape,
                     shape_signature=signature,
                     buffer=int(t.buffer),
                     constant=raw is not None,
-                    nbytes=nbytes,
+                    nbytes=len(raw) if raw is not None else 0,
                     quantization=quant,
+                    sparse=t.sparsity is not None,
                 )
             )
-        n = len(tensors)
-        for io_name, io in (("input", sg.inputs), ("output", sg.outputs)):
-            for i in io if io is not None else []:
-                if not 0 <= int(i) < n:
-                    raise _fail(where, f"subgraph {s_index} {io_name} refers to tensor {i}, but it has {n}")
-        for o_index, op in enumerate(sg.operators or []):
-            oloc = f"subgraph {s_index} op {o_index}"
-            if not 0 <= op.opcodeIndex < len(op_names):
-                raise _fail(where, f"{oloc} refers to operator code {op.opcodeIndex}, but the model has {len(op_names)}")
-            ins = tuple(int(i) for i in (op.inputs if op.inputs is not None else []))
-            outs = tuple(int(i) for i in (op.outputs if op.outputs is not None else []))
-            for i in (*ins, *outs):
-                if not -1 <= i < n:
-                    raise _fail(where, f"{oloc} ({op_names[op.opcodeIndex]}) refers to tensor {i}, but the subgraph has {n}")
-            version = int(operator_codes[op.opcodeIndex].version or 1)
+        for op in sg.operators or []:
+            code = int(op.opcodeIndex)
             ops.append(
                 OpInfo(
                     index=len(ops),
                     subgraph=s_index,
-                    name=op_names[op.opcodeIndex],
-                    version=version,
-                    inputs=ins,
-                    outputs=outs,
+                    name=op_names[code],
+                    version=int(model.operatorCodes[code].version or 1),
+                    inputs=tuple(int(i) for i in (op.inputs if op.inputs is not None else [])),
+                    outputs=tuple(int(i) for i in (op.outputs if op.outputs is not None else [])),
                     options=op.builtinOptions,
                 )
             )
         all_tensors.append(tensors)
 
     main = model.subgraphs[0]
-    inputs = [all_tensors[0][int(i)] for i in (main.inputs if main.inputs is not None else [])]
-    outputs = [all_tensors[0][int(i)] for i in (main.outputs if main.outputs is not None else [])]
-    if not inputs or not outputs:
-        raise _fail(where, "the main subgraph has no inputs or no outputs")
+    inputs = [all_tensors[0][int(i)] for i in main.inputs]
+    outputs = [all_tensors[0][int(i)] for i in main.outputs]
     description = model.description.decode(errors="replace") if isinstance(model.description, bytes) else str(model.description or "")
     return TFLiteModel(
         path=path,
