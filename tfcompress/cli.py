@@ -110,7 +110,7 @@ def cmd_inspect(args) -> int:
     try:
         from tfcompress.export.edgetpu import edgetpu_report
 
-        readiness = edgetpu_report(model.data, compiler="off")
+        readiness = edgetpu_report(model, compiler="off")
     except ImportError:  # pragma: no cover - module always shipped
         readiness = None
     if args.json:
@@ -180,7 +180,9 @@ def cmd_bench(args) -> int:
         if interactive and (done == total or done % max(1, total // 20) == 0):
             print(f"\rtfcompress: benchmarking {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    _progress(args, f"benchmarking {len(args.models)} model(s): {args.warmup} warm-up + {args.runs} runs each, interleaved")
+    isolate = not args.in_process
+    _progress(args, f"benchmarking {len(args.models)} model(s): {args.warmup} warm-up + {args.runs} runs each, interleaved"
+              + (" (in a child process)" if isolate else ""))
     report = benchmark(
         args.models,
         runs=args.runs,
@@ -188,7 +190,8 @@ def cmd_bench(args) -> int:
         threads=args.threads,
         delegate=args.delegate,
         runtime=args.runtime,
-        progress=progress,
+        progress=None if isolate else progress,
+        isolate=isolate,
     )
     if args.json:
         _print_json(report.to_dict())
@@ -202,7 +205,8 @@ def cmd_micro(args) -> int:
 
     _progress(args, f"writing TFLite Micro sources to {args.output} and verifying on the TFLM interpreter")
     with _native_stderr_captured(args.verbose):
-        report = to_micro(args.model, args.output, name=args.name, num_samples=args.samples)
+        report = to_micro(args.model, args.output, name=args.name, num_samples=args.samples,
+                          isolate=not args.in_process)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -246,6 +250,9 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+
+_IN_PROCESS_HELP = ("run the interpreters in this process (by default they run in a child process, so a file "
+                    "that crashes them gives one error line naming the op)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=1, help="interpreter threads")
     p.add_argument("--delegate", default="xnnpack", help="xnnpack | none | edgetpu | PATH.so")
     p.add_argument("--runtime", choices=("auto", "litert", "tflite_runtime"), default="auto", help="interpreter package")
+    p.add_argument("--in-process", action="store_true", help=_IN_PROCESS_HELP)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
@@ -335,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="directory to write the sources to")
     p.add_argument("--name", default="model", help="C identifier prefix")
     p.add_argument("--samples", type=_positive_int, default=8, help="random inputs to compare TFLM and LiteRT on")
+    p.add_argument("--in-process", action="store_true", help=_IN_PROCESS_HELP)
     p.set_defaults(func=cmd_micro)
 
     p = sub.add_parser(
@@ -381,6 +390,11 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error on one line: messages quoted from an interpreter can hold newlines."""
+    return " ".join(str(exc).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
@@ -392,18 +406,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DelegateError as exc:
         if args.verbose:
             raise
-        print(f"tfcompress {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tfcompress {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except TfcompressError as exc:
         if args.verbose:
             raise
-        print(f"tfcompress {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tfcompress {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"tfcompress {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # an unexpected failure: still one line unless --verbose
         if args.verbose:
+            if getattr(exc, "child_traceback", ""):
+                print(exc.child_traceback, file=sys.stderr)
             raise
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         print(

@@ -3,7 +3,9 @@
 Several files are run interleaved (file A, file B, file A, ...) after a warm-up,
 so that frequency scaling, other processes and cache state hit every file
 alike; ratios between files measured this way are what we report, never
-absolute timings compared across runs.
+absolute timings compared across runs. With ``isolate=True`` (the default of
+``tfcompress bench``) all files run together in one child process, so a file that
+crashes the interpreter gives an `InterpreterCrashError` naming it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tfcompress.errors import TfcompressError
+from tfcompress.export.isolation import run_isolated
 from tfcompress.export.runtime import ModelRunner, RuntimeInfo
+from tfcompress.export.tflite_file import load_tflite
 
 
 @dataclass
@@ -117,7 +121,9 @@ def _random_inputs(runner: ModelRunner, seed: int) -> list[np.ndarray]:
         shape = detail["shape"]
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
-            values.append(rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype))
+            values.append(rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype))
+        elif dtype == np.float32:
+            values.append(rng.random(shape, dtype=np.float32))
         else:
             values.append(rng.random(shape, dtype=np.float32).astype(dtype))
     return values
@@ -133,8 +139,13 @@ def benchmark(
     runtime: str = "auto",
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    isolate: bool = False,
 ) -> BenchReport:
     """Latency of each file, measured interleaved in one process.
+
+    Example:
+        >>> report = benchmark(["int8.tflite", "float32.tflite"], runs=500)   # doctest: +SKIP
+        >>> print(report.text())                                              # doctest: +SKIP
 
     Args:
         paths: `.tflite` files; ratios are relative to the first.
@@ -143,17 +154,28 @@ def benchmark(
         threads: interpreter threads.
         delegate: ``"xnnpack"``, ``"none"``, ``"edgetpu"`` or a delegate library path.
         runtime: ``"auto"``, ``"litert"`` or ``"tflite_runtime"``.
-        progress: called as ``progress(done, total)`` after each round.
+        progress: called as ``progress(done, total)`` after each round (not with ``isolate``).
+        isolate: run the interpreters in a child process (`tfcompress.export.isolation`): a
+            native crash raises `InterpreterCrashError` naming the file and the op.
     """
     if not paths:
         raise TfcompressError("no model to benchmark", "paths", "pass at least one .tflite file")
     if runs < 1 or warmup < 0:
         raise TfcompressError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})", "runs/warmup")
+    if isolate:
+        models = {}
+        for p in paths:
+            model = load_tflite(p)
+            models[model.path or "<bytes>"] = model.data
+        kwargs = {"runs": runs, "warmup": warmup, "threads": threads, "delegate": delegate, "runtime": runtime,
+                  "seed": seed}
+        return run_isolated("tfcompress.export.bench:benchmark", ([str(p) for p in paths],), kwargs,
+                            where=str(paths[0]), models=models)
     runners = [ModelRunner(p, num_threads=threads, delegate=delegate, runtime=runtime) for p in paths]
     inputs = [_random_inputs(r, seed) for r in runners]
     for runner, x in zip(runners, inputs, strict=True):
-        for i, detail in enumerate(runner.input_details):
-            runner.interpreter.set_tensor(detail["index"], x[i])
+        # the first run goes through invoke_raw, which turns a kernel's failure into a clear error
+        runner.invoke_raw(x)
         for _ in range(warmup):
             runner.interpreter.invoke()
     timings = np.zeros((len(runners), runs))

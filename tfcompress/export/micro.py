@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import keyword
+import math
 import os
 import re
 import sys
@@ -40,6 +41,7 @@ import numpy as np
 
 from tfcompress._io import atomic_write
 from tfcompress.errors import TfcompressError
+from tfcompress.export.isolation import phase, run_isolated
 from tfcompress.export.tflite_file import TensorInfo, TFLiteModel, load_tflite
 
 # TFLite builtin op -> tflite::MicroMutableOpResolver method. Checked against
@@ -169,6 +171,8 @@ _CPP_KEYWORDS = frozenset(
 _ARENA_TOO_SMALL = ("Failed to allocate", "Failed to resize buffer", "missing:", "Arena size is too small")
 _ALLOCATION_LINE = re.compile(r"\[RecordingMicroAllocator\] Arena allocation (total|head|tail) (\d+) bytes")
 _MAX_ARENA = 1 << 30
+# Float64 bytes make_samples may draw in all (num_samples x input elements x 8).
+_MAX_SAMPLE_BYTES = 1 << 30
 
 
 class MicroError(TfcompressError):
@@ -412,7 +416,8 @@ def _tflm_failure(lines: Sequence[str]) -> str:
     return " / ".join(useful[-3:]) if useful else "no message"
 
 
-def make_tflm_interpreter(data: bytes, arena_size: int, preserve_all_tensors: bool = False):
+def make_tflm_interpreter(data: bytes, arena_size: int, preserve_all_tensors: bool = False,
+                          where: str | None = None):
     """Create a TFLM interpreter (``AllocateTensors`` runs in the constructor).
 
     Raises:
@@ -427,6 +432,7 @@ def make_tflm_interpreter(data: bytes, arena_size: int, preserve_all_tensors: bo
     )
     with capture_native_stderr() as lines:
         try:
+            phase("allocate", "tflm", where)
             return runtime.Interpreter.from_bytes(data, arena_size=int(arena_size), intrepreter_config=config)
         except (RuntimeError, ValueError) as exc:
             error = exc
@@ -465,10 +471,18 @@ def _numpy_dtype(t: TensorInfo):
 
 def _generous_interpreter(model: TFLiteModel, preserve_all_tensors: bool = False):
     """A TFLM interpreter with an arena large enough, found by doubling from an upper estimate."""
-    size = round_up(2 * _activation_bytes(model) + 64 * 1024)
+    activations = _activation_bytes(model)
+    if activations > _MAX_ARENA // 2:
+        raise MicroError(
+            f"the model's activation tensors take {activations:,} bytes; TFLite Micro runs models whose "
+            f"tensor arena fits in {_MAX_ARENA:,} bytes",
+            model.path or "<bytes>",
+            "shrink the model (smaller inputs, fewer channels) for a microcontroller",
+        )
+    size = min(round_up(2 * activations + 64 * 1024), _MAX_ARENA)
     while True:
         try:
-            return make_tflm_interpreter(model.data, size, preserve_all_tensors), size
+            return make_tflm_interpreter(model.data, size, preserve_all_tensors, model.path), size
         except _TFLMAllocationError as exc:
             if not exc.arena_too_small or size >= _MAX_ARENA:
                 raise MicroError(exc.what, model.path or "<bytes>", exc.fix) from None
@@ -525,6 +539,14 @@ def make_samples(
     if samples is None:
         if num_samples < 1:
             raise MicroError(f"num_samples must be >= 1, got {num_samples}", "num_samples")
+        needed = num_samples * sum(math.prod(t.shape) for t in model.inputs) * 8
+        if needed > _MAX_SAMPLE_BYTES:
+            raise MicroError(
+                f"{num_samples} random sample(s) of the inputs {[list(t.shape) for t in model.inputs]} take "
+                f"{needed:,} bytes, more than {_MAX_SAMPLE_BYTES:,}",
+                where,
+                "pass fewer samples (--samples), or samples= of your own",
+            )
         rng = np.random.default_rng(seed)
         runs = []
         for _ in range(num_samples):
@@ -578,11 +600,40 @@ def make_samples(
 # ----------------------------------------------------------------------------- running
 
 
-def _run_tflm(interpreter, inputs: list[np.ndarray], n_outputs: int) -> list[np.ndarray]:
+def _run_tflm(interpreter, inputs: list[np.ndarray], n_outputs: int, where: str | None = None) -> list[np.ndarray]:
     for i, x in enumerate(inputs):
         interpreter.set_input(x, i)
+    phase("invoke", "tflm", where)
     interpreter.invoke()
     return [np.array(interpreter.get_output(i)) for i in range(n_outputs)]
+
+
+def check_shapes(model: TFLiteModel, runner) -> None:
+    """Every tensor of the main subgraph has the shape LiteRT computed for it when preparing.
+
+    TFLite Micro's kernels do not resize their outputs: a shape in the file that is not what
+    the op computes (an edited dimension, a wrong output shape) makes them write past the
+    tensor. LiteRT's kernels compute the shapes in ``Prepare`` (run by ``allocate_tensors``).
+
+    Raises:
+        MicroError: naming the op that writes the first tensor whose shapes differ.
+    """
+    writer = {o: op for op in model.ops if op.subgraph == 0 for o in op.outputs}
+    for detail in runner.interpreter.get_tensor_details():
+        index = int(detail["index"])
+        if index >= len(model.tensors[0]):
+            continue
+        t = model.tensor(index, 0)
+        computed = tuple(int(d) for d in detail["shape"])
+        if computed != tuple(t.shape):
+            op = writer.get(index)
+            who = f"{op.name}#{op.index} writes" if op is not None else "the model has"
+            raise MicroError(
+                f"{who} tensor {index} ({t.name!r}) as {list(t.shape)} in the file, but LiteRT computes "
+                f"{list(computed)} from its inputs; TFLite Micro would write past it",
+                model.path or "<bytes>",
+                "re-export the model: its shapes are inconsistent",
+            )
 
 
 def _litert_runner(model: TFLiteModel, **kwargs):
@@ -640,7 +691,7 @@ def per_op_differences(
     ops = [op for op in model.ops if op.subgraph == 0]
     worst: dict[int, tuple[int | None, float, str]] = {}  # op index -> (LSB, real, tensor)
     for t_in, r_in in zip(tflm_inputs, reference_inputs, strict=True):
-        _run_tflm(tflm, t_in, len(model.outputs))
+        _run_tflm(tflm, t_in, len(model.outputs), model.path)
         litert.invoke_raw(r_in)
         for op in ops:
             for out in (o for o in op.outputs if o >= 0):
@@ -778,6 +829,7 @@ def to_micro(
     arena_margin: int = DEFAULT_ARENA_MARGIN,
     float_tolerance: float = 1e-5,
     strict: bool = False,
+    isolate: bool = False,
 ) -> MicroReport:
     """Write TFLite Micro sources for a `.tflite` model and verify it on the TFLM interpreter.
 
@@ -801,6 +853,18 @@ def to_micro(
             to the largest reference magnitude, at least 1) still counted as equal.
         strict: raise `MicroVerificationError` (and write nothing) when TFLM and
             LiteRT's reference kernels differ, instead of reporting ``identical=False``.
+        isolate: run the interpreters in a child process (`tfcompress.export.isolation`, the
+            default of ``tfcompress micro``): a native crash raises `InterpreterCrashError`
+            naming the file and the op instead of ending this process.
+
+    Before TFLM sees the model, LiteRT's reference kernels prepare it and every tensor shape
+    they compute must equal the file's: TFLM's kernels trust the file's output shapes and
+    write where they say.
+
+    Example:
+        >>> report = to_micro("model.tflite", "firmware/model", name="lenet")   # doctest: +SKIP
+        >>> report.identical, report.recommended_arena_bytes                    # doctest: +SKIP
+        (True, 22288)
 
     Returns:
         A `MicroReport`; also written as ``NAME_report.json``.
@@ -824,8 +888,18 @@ def to_micro(
     model = load_tflite(path)
     where = model.path or "<bytes>"
     methods = resolver_methods(model)
+    if isolate:
+        source = model.path if model.path else model.data
+        kwargs = {"name": name, "samples": samples, "num_samples": num_samples, "seed": seed,
+                  "arena_margin": arena_margin, "float_tolerance": float_tolerance, "strict": strict}
+        return run_isolated("tfcompress.export.micro:to_micro", (source, str(out_dir)), kwargs, where=where,
+                            models={where: model.data})
     runs = make_samples(model, samples, num_samples, seed)
     n_out = len(model.outputs)
+
+    # 0. LiteRT's reference kernels prepare the model: the shapes they compute must be the file's.
+    reference = _litert_runner(model, reference_kernels=True)
+    check_shapes(model, reference)
 
     # 1. Measure the arena on the allocation-recording interpreter and collect TFLM outputs.
     recording, _ = _generous_interpreter(model)
@@ -833,7 +907,7 @@ def to_micro(
         tflm_outputs = []
         try:
             for run in runs:
-                tflm_outputs.append(_run_tflm(recording, run, n_out))
+                tflm_outputs.append(_run_tflm(recording, run, n_out, model.path))
         except (RuntimeError, ValueError) as exc:
             failure: Exception | None = exc
         else:
@@ -855,7 +929,6 @@ def to_micro(
     recommended = recommended_arena_size(measured["total"], int(arena_margin))
 
     # 2. Compare with LiteRT: reference kernels (must match) and default kernels (XNNPACK).
-    reference = _litert_runner(model, reference_kernels=True)
     default = _litert_runner(model, delegate="xnnpack")
     ref_outputs = [reference.invoke_raw(run) for run in runs]
     default_outputs = [default.invoke_raw(run) for run in runs]

@@ -3,7 +3,9 @@
 `ai-edge-litert` is the maintained interpreter. `tflite-runtime` 2.14 (its last
 release) does not run with NumPy 2, but Coral boards ship it, so it stays a
 fallback chosen with ``runtime="tflite_runtime"`` or when LiteRT is missing.
-Every file is validated by `load_tflite` before an interpreter sees it.
+Every file is validated by `load_tflite` before an interpreter sees it; `evaluate` and
+`agreement` take ``isolate=True`` to run the interpreter in a child process
+(`tfcompress.export.isolation`), where a native crash becomes an `InterpreterCrashError`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.errors import DelegateError, TfcompressError
+from tfcompress.export.isolation import phase, run_isolated
 from tfcompress.export.tflite_file import TFLiteModel, load_tflite
 
 RUNTIMES = ("auto", "litert", "tflite_runtime")
@@ -136,12 +139,18 @@ class ModelRunner:
             kwargs["experimental_delegates"] = delegates
         if preserve_all_tensors:
             kwargs["experimental_preserve_all_tensors"] = True
+        # what `tfcompress.export.isolation` reruns to find the op after a crash
+        self.engine = ("litert:ref" if reference_kernels else "litert:none" if delegate == "none"
+                       else "litert:xnnpack" if delegate == "xnnpack" else f"litert:{delegate}")
+        where = self.model.path or "<bytes>"
         try:
+            phase("build", self.engine, where)
             self.interpreter = module.Interpreter(**kwargs)
+            phase("allocate", self.engine, where)
             self.interpreter.allocate_tensors()
         except Exception as exc:
             raise TfcompressError(
-                f"the interpreter rejected the model ({str(exc).strip()[:300]})",
+                f"the interpreter rejected the model ({one_line(exc)})",
                 self.model.path or "<bytes>",
                 "re-export the model; check that its ops are TFLite builtins",
             ) from None
@@ -174,11 +183,23 @@ class ModelRunner:
         return q.astype(np.float32)
 
     def invoke_raw(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Run one batch of already-typed inputs; return raw output tensors."""
-        for detail, value in zip(self.input_details, inputs, strict=True):
-            self.interpreter.set_tensor(detail["index"], value)
-        self.interpreter.invoke()
-        return [self.interpreter.get_tensor(d["index"]) for d in self.output_details]
+        """Run one batch of already-typed inputs; return raw output tensors.
+
+        Raises:
+            TfcompressError: the interpreter failed (a kernel rejected the model at run time).
+        """
+        try:
+            for detail, value in zip(self.input_details, inputs, strict=True):
+                self.interpreter.set_tensor(detail["index"], value)
+            phase("invoke", self.engine, self.model.path or "<bytes>")
+            self.interpreter.invoke()
+            return [self.interpreter.get_tensor(d["index"]) for d in self.output_details]
+        except (RuntimeError, ValueError) as exc:
+            raise TfcompressError(
+                f"the interpreter failed to run the model ({one_line(exc)})",
+                self.model.path or "<bytes>",
+                "re-export the model; check that its ops are TFLite builtins",
+            ) from None
 
     def predict(self, x: np.ndarray | list[np.ndarray], output: int = 0) -> np.ndarray:
         """Float outputs for float inputs shaped (N, ...), running batch by batch."""
@@ -204,6 +225,11 @@ class ModelRunner:
             raw = self.invoke_raw([self.quantize_input(c, i) for i, c in enumerate(chunk)])
             results.append(self.dequantize_output(raw[output], output)[:rows])
         return np.concatenate(results) if results else np.zeros((0,))
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An interpreter's message on one line (LiteRT's span several), at most ``limit`` characters."""
+    return " ".join(str(exc).split())[:limit]
 
 
 def quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
@@ -232,19 +258,39 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
 
 
+def _source_args(path: str | os.PathLike | bytes | TFLiteModel) -> tuple[str | bytes, str, dict[str, bytes]]:
+    """Validate ``path`` here, and return what to hand a child: (source, where, {where: bytes})."""
+    model = path if isinstance(path, TFLiteModel) else load_tflite(path)
+    where = model.path or "<bytes>"
+    return (model.path if model.path else model.data), where, {where: model.data}
+
+
 def evaluate(
-    path: str | os.PathLike | bytes, x: np.ndarray, y: np.ndarray, *, num_threads: int = 1, **runner_kwargs
+    path: str | os.PathLike | bytes, x: np.ndarray, y: np.ndarray, *, num_threads: int = 1,
+    isolate: bool = False, **runner_kwargs
 ) -> Evaluation:
     """Top-1 accuracy of a `.tflite` classifier on LiteRT; also returns its float outputs.
 
-    ``y`` holds integer labels or one-hot rows.
+    ``y`` holds integer labels or one-hot rows. With ``isolate=True`` the interpreter runs
+    in a child process: a native crash raises `InterpreterCrashError` instead of ending this
+    process.
+
+    Example:
+        >>> result = evaluate("model.tflite", x_test, y_test)      # doctest: +SKIP
+        >>> result.accuracy                                         # doctest: +SKIP
+        0.9039
     """
+    if isolate:
+        source, where, models = _source_args(path)
+        return run_isolated("tfcompress.export.runtime:evaluate", (source, x, y),
+                            {"num_threads": num_threads, **runner_kwargs}, where=where, models=models)
     runner = ModelRunner(path, num_threads=num_threads, **runner_kwargs)
     outputs = runner.predict(x)
     labels = _labels(y)
     if labels.shape[0] != outputs.shape[0]:
         raise TfcompressError(f"{outputs.shape[0]} inputs but {labels.shape[0]} labels", "y")
-    accuracy = float(np.mean(outputs.argmax(axis=-1) == labels))
+    # top-1 over each sample's outputs (a classifier's are (N, classes); others are flattened)
+    accuracy = float(np.mean(outputs.reshape(len(outputs), -1).argmax(axis=-1) == labels))
     return Evaluation(accuracy, int(labels.shape[0]), runner.info, outputs)
 
 
@@ -263,19 +309,38 @@ class Agreement:
         return asdict(self)
 
 
-def agreement(model, path: str | os.PathLike | bytes, x: np.ndarray, **runner_kwargs) -> Agreement:
-    """Top-1 agreement and output error of the `.tflite` file against the Keras model on ``x``."""
+def tflite_outputs(path: str | os.PathLike | bytes, x: np.ndarray, **runner_kwargs) -> tuple[np.ndarray, float | None]:
+    """The float outputs of the `.tflite` file on ``x`` and its first output's scale (None if float)."""
     runner = ModelRunner(path, **runner_kwargs)
+    return runner.predict(x), (runner.output_details[0]["quantization"][0] or None)
+
+
+def agreement(model, path: str | os.PathLike | bytes, x: np.ndarray, *, isolate: bool = False,
+              **runner_kwargs) -> Agreement:
+    """Top-1 agreement and output error of the `.tflite` file against the Keras model on ``x``.
+
+    With ``isolate=True`` the interpreter (not Keras) runs in a child process.
+
+    Example:
+        >>> agreement(keras_model, "model.tflite", x_test[:256]).top1_agreement   # doctest: +SKIP
+        0.996
+    """
+    if isolate:
+        source, where, models = _source_args(path)
+        outputs, scale = run_isolated("tfcompress.export.runtime:tflite_outputs", (source, x), runner_kwargs,
+                                      where=where, models=models)
+    else:
+        where = (path.path if isinstance(path, TFLiteModel) else None if isinstance(path, bytes) else str(path))
+        where = where or "<bytes>"
+        outputs, scale = tflite_outputs(path, x, **runner_kwargs)
     reference = np.asarray(model.predict(x, verbose=0, batch_size=256))
-    outputs = runner.predict(x)
     if reference.shape != outputs.shape:
         raise TfcompressError(
             f"Keras output shape {reference.shape} differs from the TFLite output shape {outputs.shape}",
-            runner.model.path or "<bytes>",
+            where,
             "pass the model this file was exported from",
         )
     error = np.abs(reference - outputs)
-    scale = runner.output_details[0]["quantization"][0] or None
     top1 = float(np.mean(reference.reshape(len(x), -1).argmax(-1) == outputs.reshape(len(x), -1).argmax(-1)))
     return Agreement(
         top1_agreement=top1,
