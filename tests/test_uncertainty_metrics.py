@@ -39,6 +39,10 @@ def test_nll_brier_accuracy_match_sklearn():
     onehot = np.eye(5)[y]
     assert um.brier_score(p, onehot) == pytest.approx(um.brier_score(p, y))
     assert um.negative_log_likelihood(p, y, log_probs=np.log(p)) == pytest.approx(um.negative_log_likelihood(p, y))
+    # log_probs are read only where the label's probability is small (int8 rounds it to 0 there)
+    q = np.array([[0.9, 0.1], [0.0, 1.0]])
+    lq = np.array([[-0.0625, -2.3], [-9.0, 0.0]])
+    assert um.negative_log_likelihood(q, [0, 0], log_probs=lq) == pytest.approx(-(np.log(0.9) - 9.0) / 2)
     # a zero probability of the label is floored, not inf
     assert np.isfinite(um.negative_log_likelihood([[1.0, 0.0]], [1]))
 

@@ -1,0 +1,282 @@
+"""Uncertainty at the edge (issue 21): posteriors compiled to one int8 file, measured on LiteRT.
+
+Fashion-MNIST in distribution; out of distribution: scikit-learn's 8x8 digits upsampled to
+28x28, and Fashion-MNIST rotated 90 degrees. Every row is an int8 ``.tflite`` file evaluated
+on LiteRT (its reference kernels, which TFLite Micro's are written against); the Keras float
+model's NLL / ECE are kept beside it to show what int8 costs. Ratios are to the single model.
+
+    python benchmarks/bench_uncertainty.py              # the recorded run
+    python benchmarks/bench_uncertainty.py --limit 3000 # smoke run (RESULTS.md left alone)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from common import add_latency, load_data, public  # noqa: E402
+
+CLASSES = 10
+
+
+def ood_sets(data, n: int) -> dict[str, np.ndarray]:
+    """Digits upsampled 8x8 -> 28x28 (nearest, padded to 28) and Fashion-MNIST rotated 90 degrees."""
+    from tfcompress.datasets import digits
+
+    (x_digits, _), _ = digits()
+    up = np.kron(x_digits[..., 0], np.ones((3, 3), "float32"))          # 24x24
+    up = np.pad(up, ((0, 0), (2, 2), (2, 2)))[..., None].astype("float32")
+    rotated = np.rot90(data.x_test, k=1, axes=(1, 2)).copy()
+    return {"digits": up[:n], "rotated": rotated[:n]}
+
+
+def cnn(seed: int, widths=(16, 32, 64), dropout: float = 0.3):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    c1, c2, d = widths
+    return keras.Sequential([
+        keras.Input((28, 28, 1), name="image"),
+        keras.layers.Conv2D(c1, 3, activation="relu", name="conv1"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(c2, 3, activation="relu", name="conv2"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(d, activation="relu", name="fc1"),
+        keras.layers.Dropout(dropout, name="dropout"),
+        keras.layers.Dense(CLASSES, name="logits"),
+    ], name=f"cnn_{seed}")
+
+
+def batch_ensemble_cnn(members: int, widths=(16, 32, 64)):
+    """The CNN with BatchEnsemble layers (Wen et al. 2020): S members in one pass, rank-1 fast weights."""
+    import keras
+
+    from tfcompress.uncertainty import (
+        BatchEnsembleConv2D,
+        BatchEnsembleDense,
+        StackMembers,
+        TileMembers,
+    )
+
+    keras.utils.set_random_seed(0)
+    c1, c2, d = widths
+    x = keras.Input((28, 28, 1), name="image")
+    h = TileMembers(members)(x)
+    h = BatchEnsembleConv2D(c1, 3, members=members, activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = BatchEnsembleConv2D(c2, 3, members=members, activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    h = BatchEnsembleDense(d, members=members, activation="relu")(h)
+    h = BatchEnsembleDense(CLASSES, members=members)(h)
+    return keras.Model(x, StackMembers(members)(h), name="batch_ensemble")
+
+
+def mimo_backbone(members: int, widths=(16, 32, 64)):
+    """The CNN's body on M stacked inputs (MIMO, Havasi et al. 2021)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    c1, c2, d = widths
+    x = keras.Input((28, 28, members))
+    h = keras.layers.Conv2D(c1, 3, activation="relu")(x)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(c2, 3, activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Dense(d, activation="relu")(keras.layers.Flatten()(h))
+    return keras.Model(x, h, name="mimo_backbone")
+
+
+def train(model, data, epochs: int, seed: int, callbacks=None, lr: float = 2e-3, optimizer=None, x=None, y=None):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model.compile(optimizer or keras.optimizers.Adam(lr),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data.x_train if x is None else x, data.y_train if y is None else y, epochs=epochs,
+              batch_size=128, verbose=0, callbacks=callbacks or [])
+    return model
+
+
+def single_posterior(model):
+    """One model as a 1-member graph with the same head, so every row is read the same way."""
+    import keras
+
+    from tfcompress.uncertainty import UncertaintyHead
+
+    x = keras.Input(model.input_shape[1:], name="image")
+    z = keras.layers.Reshape((1, CLASSES))(model(x))
+    return keras.Model(x, UncertaintyHead(name="uncertainty")(z), name="single")
+
+
+def evaluate_row(name: str, path: Path, keras_model, data, ood, extra: dict) -> dict:
+    from tfcompress.export import load_tflite, to_micro
+    from tfcompress.metrics import tflite_macs
+    from tfcompress.uncertainty import run_tflite
+    from tfcompress.uncertainty.metrics import evaluate_uncertainty
+
+    def metrics_of(outputs_in, outputs_ood):
+        scores = {k: outputs_in[k] for k in ("total", "knowledge") if k in outputs_in}
+        report = evaluate_uncertainty(outputs_in["probs"], data.y_test, log_probs=outputs_in["log_probs"],
+                                      scores=scores)
+        aurocs = {}
+        for ood_name, out in outputs_ood.items():
+            r = evaluate_uncertainty(outputs_in["probs"], data.y_test, scores=scores,
+                                     probs_ood=out["probs"], scores_ood={k: out[k] for k in scores})
+            aurocs[ood_name] = {k: v["auroc"] for k, v in r.ood.items()}
+        return report, aurocs
+
+    tfl_in = run_tflite(path, data.x_test, reference_kernels=True)
+    tfl_ood = {k: run_tflite(path, v, reference_kernels=True) for k, v in ood.items()}
+    report, aurocs = metrics_of(tfl_in, tfl_ood)
+    float_out = keras_model.predict(data.x_test, batch_size=512, verbose=0)
+    float_report = evaluate_uncertainty(float_out["probs"], data.y_test, log_probs=float_out["log_probs"])
+    parsed = load_tflite(path)
+    with tempfile.TemporaryDirectory() as micro_dir:
+        micro = to_micro(path, micro_dir, "m", samples=data.x_test[:8])
+    row = {
+        "model": name,
+        "accuracy": round(report.accuracy, 4),
+        "NLL": round(report.nll, 4),
+        "ECE": round(report.ece, 4),
+        "Brier": round(report.brier, 4),
+        "NLL float": round(float_report.nll, 4),
+        "ECE float": round(float_report.ece, 4),
+        "AUROC digits (max-softmax)": round(aurocs["digits"]["max_softmax"], 3),
+        "AUROC digits (total)": round(aurocs["digits"]["total"], 3),
+        "AUROC digits (knowledge)": round(aurocs["digits"].get("knowledge", float("nan")), 3),
+        "AUROC rotated (total)": round(aurocs["rotated"]["total"], 3),
+        "AUROC rotated (knowledge)": round(aurocs["rotated"].get("knowledge", float("nan")), 3),
+        "int8 bytes": parsed.size_bytes,
+        "weight bytes": parsed.weight_stats()["weight_bytes"],
+        "arena bytes": micro.arena_total_bytes,
+        "TFLM = LiteRT-ref": micro.identical,
+        "MACs": sum(r["macs"] for r in tflite_macs(parsed)),
+        "int8 ops": f"{parsed.int8_coverage():.0%}",
+        "_path": str(path),
+    }
+    row.update(extra)
+    return row
+
+
+def add_ratios(rows: list[dict]) -> None:
+    base = rows[0]
+    for row in rows:
+        for column in ("int8 bytes", "arena bytes", "MACs", "NLL"):
+            row[f"{column} vs single"] = round(row[column] / base[column], 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help="train on this many samples (smoke run)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "uncertainty")
+    args = parser.parse_args()
+
+    import keras
+
+    import tfcompress
+    from tfcompress.callbacks import UpdatePruning
+    from tfcompress.pruning import ConstantSparsity
+    from tfcompress.uncertainty import ensemble, mc_dropout
+
+    data = load_data(args.limit)
+    test_n = 2000 if args.limit else len(data.x_test)
+    data.x_test, data.y_test = data.x_test[:test_n], data.y_test[:test_n]
+    ood = ood_sets(data, test_n)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    calibration = data.x_train[:500]
+    epochs = 2 if args.limit else args.epochs
+    rows: list[dict] = []
+
+    def export(name: str, posterior_or_model, extra: dict) -> None:
+        path = out / f"{name.split()[0].lower()}.tflite"
+        from tfcompress.export import to_tflite
+
+        if hasattr(posterior_or_model, "to_tflite"):
+            posterior_or_model.to_tflite(path, calibration, compare_single=False)
+            model = posterior_or_model.model
+        else:
+            to_tflite(posterior_or_model, path, "int8", calibration, dense_as_conv=True)
+            model = posterior_or_model
+        rows.append(evaluate_row(name, path, model, data, ood, extra))
+        print(public(rows[-1:]), flush=True)
+
+    # single model (the reference of every ratio)
+    members = [train(cnn(seed), data, epochs, seed) for seed in range(args.members)]
+    export("single", single_posterior(members[0]), {"members": 1})
+
+    # deep ensemble (Lakshminarayanan et al. 2017): S independently trained members
+    export(f"ensemble S={args.members}", ensemble(members), {"members": args.members})
+
+    # MC dropout: S=8 frozen masks over the single model's weights
+    export("mc_dropout S=8", mc_dropout(members[0], samples=8, seed=0), {"members": 8})
+
+    # snapshot ensemble (Huang et al. 2017): S cosine cycles of SGD with momentum, one snapshot each
+    from tfcompress.uncertainty import (
+        SnapshotEnsemble,
+        from_stacked,
+        mimo_inference_model,
+        mimo_inputs,
+        mimo_model,
+    )
+
+    steps = -(-len(data.x_train) // 128)
+    per_cycle = max(1, epochs * 2 // args.members) * steps
+    snapshot = SnapshotEnsemble(cycles=args.members, steps_per_cycle=per_cycle, initial_learning_rate=0.05)
+    snap_model = train(cnn(50), data, per_cycle * args.members // steps, 50, callbacks=[snapshot],
+                       optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    export(f"snapshot S={len(snapshot.samples)}", ensemble(snapshot.members(snap_model), name="snapshot"),
+           {"members": len(snapshot.samples)})
+
+    # BatchEnsemble S=4: one pass, shared slow weights and rank-1 fast weights per member
+    y_members = np.repeat(data.y_train[:, None], 4, axis=1)
+    be = train(batch_ensemble_cnn(4), data, epochs, 60, y=y_members)
+    export("batch_ensemble S=4", from_stacked(be, single=members[0], kind="batch_ensemble"), {"members": 4})
+
+    # MIMO S=3: one backbone on 3 stacked inputs, independent examples per member in training
+    mimo = mimo_model(mimo_backbone(3), members=3, classes=CLASSES)
+    x_mimo, y_mimo = mimo_inputs(data.x_train, data.y_train, 3, repetition=0.5, seed=0)
+    train(mimo, data, epochs, 70, x=x_mimo, y=y_mimo)
+    export("mimo S=3", from_stacked(mimo_inference_model(mimo), single=members[0], kind="mimo"), {"members": 3})
+
+    # shared structure (seed section 3): prune channels 50% once, then train S members in it
+    pruned = tfcompress.prune(members[0], ConstantSparsity(0.5, 0), granularity="channel")
+    train(pruned, data, 1, 0, callbacks=[UpdatePruning()])
+    structure = tfcompress.shrink(tfcompress.strip(pruned))
+    shared = []
+    for seed in range(args.members):
+        keras.utils.set_random_seed(100 + seed)
+        member = keras.models.clone_model(structure)   # the structure, fresh weights
+        shared.append(train(member, data, epochs, 100 + seed))
+    export(f"shared-structure S={args.members} (50% channels)", ensemble(shared, name="shared"),
+           {"members": args.members, "params per member": structure.count_params()})
+
+    add_ratios(rows)
+    add_latency(rows, runs=300)
+    columns = [c for c in public(rows)[0] if c != "members"] + ["members"]
+    harness.record(
+        "uncertainty",
+        "Posteriors compiled into one int8 file (Fashion-MNIST; OOD: digits, rotated)",
+        columns, public(rows),
+        notes=[f"small CNN (2 conv + 2 dense, {members[0].count_params():,} params) trained {epochs} epochs "
+               f"on {len(data.x_train):,} Fashion-MNIST images; metrics on {test_n:,} test images from the "
+               "int8 file on LiteRT's reference kernels; NLL from the file's log_probs output",
+               "AUROC: in-distribution test set against each OOD set, scored by the named uncertainty",
+               "TFLM = LiteRT-ref: to_micro on 8 test images, every output bit for bit"],
+    )
+    print(harness.table(columns, public(rows)))
+
+
+if __name__ == "__main__":
+    main()
