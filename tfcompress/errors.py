@@ -60,3 +60,7 @@ class DelegateError(TfcompressError):
 
 class BackendError(TfcompressError):
     """Keras runs on a backend other than TensorFlow where TensorFlow is required."""
+
+
+class DistillationError(TfcompressError):
+    """A student, its teacher ensemble or a distillation setting does not fit (shapes, heads, schedules)."""
