@@ -226,3 +226,26 @@ def test_storage_is_counted_the_seeds_ways():
     assert not storage_accounting(members).shared_mask
     dense = storage_accounting([_mlp(7), _mlp(8)])
     assert dense.index_free_entries == dense.dense_entries == 2 * (64 * 32 + 32 * 10)
+
+
+def test_the_cli_converts_a_saved_posterior(members, digits, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    x, _ = digits
+    ensemble(members).save(tmp_path / "posterior.keras")
+    np.savez(tmp_path / "calib.npz", x=x[:200])
+    out = tmp_path / "posterior.tflite"
+    run = subprocess.run([sys.executable, "-m", "tfcompress", "convert", str(tmp_path / "posterior.keras"),
+                          "-o", str(out), "--int8", "--calibration", str(tmp_path / "calib.npz"),
+                          "--dense-as-conv", "--json"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["int8_coverage"] == 1.0 and "FULLY_CONNECTED" not in report["ops"]
+    tfl = run_tflite(out, x[1200:1300])
+    assert sorted(tfl) == sorted(OUTPUT_NAMES)
+    micro = subprocess.run([sys.executable, "-m", "tfcompress", "micro", str(out), "-o", str(tmp_path / "m"),
+                            "--json"], capture_output=True, text=True, timeout=600)
+    assert micro.returncode == 0, micro.stderr[-2000:]
+    assert json.loads(micro.stdout)["identical"]

@@ -91,6 +91,7 @@ def cmd_convert(args) -> int:
             representative_data=calibration,
             io_dtype=args.io_dtype,
             allow_float_fallback=args.allow_float_fallback,
+            dense_as_conv=args.dense_as_conv,
             batch_size=None if args.dynamic_batch else 1,
             calibration_samples=args.samples or 500,
         )
@@ -298,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-dtype", choices=("int8", "uint8", "float32"), default=None, help="I/O type of an int8 model (default int8)")
     p.add_argument("--allow-float-fallback", action="store_true", help="accept ops left in float with --int8")
     p.add_argument("--dynamic-batch", action="store_true", help="keep the batch dimension dynamic (default: static batch 1)")
+    p.add_argument("--dense-as-conv", action="store_true",
+                   help="write Dense layers as 1x1 CONV_2D (TFLite Micro then equals LiteRT's reference kernels "
+                        "bit for bit; their FULLY_CONNECTED kernels round differently)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
