@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import keras
@@ -247,7 +248,7 @@ def test_serialization_of_the_wrapped_model(tmp_path):
     assert w.pruning_schedule.get_config() == model.get_layer("prune_low_magnitude_conv2").pruning_schedule.get_config()
 
 
-def test_layers_it_cannot_prune_are_named_in_a_warning(caplog):
+def test_layers_it_cannot_prune_are_in_its_report_logged_once(caplog, capsys):
     keras.utils.set_random_seed(0)
     inp = keras.Input((6, 4))
     h = keras.layers.LSTM(5, name="lstm")(inp)
@@ -262,20 +263,31 @@ def test_layers_it_cannot_prune_are_named_in_a_warning(caplog):
         pruned_img = prune(img, ConstantSparsity(0.5, 0))
     assert {w.layer.name for w in pruning_wrappers(pruned_seq)} == {"head"}
     assert {w.layer.name for w in pruning_wrappers(pruned_img)} == {"head2"}
-    by_layer = {r.getMessage().split()[2]: r for r in caplog.records if r.getMessage().startswith("prune: leaving")}
-    for name, kind in (("lstm", "LSTM"), ("deconv", "Conv2DTranspose")):
-        record = by_layer[name]
-        assert record.levelno == logging.WARNING
-        message = record.getMessage()
-        assert f"{kind} layers are not supported" in message and "kernel" in message
-        assert "Dense, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D" in message
-    # vector-only weights (normalization) are not a loss of sparsity: INFO, with its reason
-    assert by_layer["ln"].levelno == logging.INFO and "no weight matrix" in by_layer["ln"].getMessage()
-    # asking for an unsupported layer explicitly is a warning too
+    # one record per call, the whole table: a warning, since weight matrices stay dense
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
+    assert "lstm" in caplog.records[0].getMessage() and "deconv" in caplog.records[1].getMessage()
+    report = pruned_seq.compression_report
+    assert [(r.layer, r.action) for r in report.rows] == [("lstm", "skipped"), ("ln", "skipped"), ("head", "pruned")]
+    for model, name, kind in ((pruned_seq, "lstm", "LSTM"), (pruned_img, "deconv", "Conv2DTranspose")):
+        row = model.compression_report.row(name)
+        assert row.type == kind and row.important
+        assert f"{kind} layers are not supported" in row.reason and "kernel" in row.reason
+        assert "Dense, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D" in row.fix
+    # vector-only weights (normalization) are not a loss of sparsity: listed, not important
+    assert "no weight matrix" in report.row("ln").reason and not report.row("ln").important
+    data = json.loads(report.to_json())
+    assert data["changed"] == 1 and data["skipped"] == 2 and data["rows"][0]["layer"] == "lstm"
+    # asking for an unsupported layer explicitly is a warning too; verbose=2 prints, 0 is silent
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="tfcompress"):
-        prune(seq, ConstantSparsity(0.5, 0), layers={"ln": {}, "head": {}})
-    assert any("ln (LayerNormalization)" in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.INFO, logger="tfcompress"):
+        explicit = prune(seq, ConstantSparsity(0.5, 0), layers={"ln": {}, "head": {}}, verbose=2)
+        prune(seq, ConstantSparsity(0.5, 0), verbose=0)
+    assert not caplog.records
+    printed = capsys.readouterr().out
+    assert printed.startswith("prune: 1 layer changed, 2 left alone") and "not selected by layers=" in printed
+    assert explicit.compression_report.row("ln").important
+    with pytest.raises(TfcompressError, match="verbose"):
+        prune(seq, ConstantSparsity(0.5, 0), verbose=3)
 
 
 def depthwise_cnn(seed=0):

@@ -55,6 +55,7 @@ from tfcompress.layers.sparse_vd import VariationalConv2D, VariationalDense
 from tfcompress.layers.variational_bn import VariationalBatchNormalization
 from tfcompress.pruning import surgery as _surgery  # noqa: F401  (strip order: pruning first)
 from tfcompress.pruning.regularizers import NetworkSlimming
+from tfcompress.report import SKIPPED, CompressionReport, attach, check_verbose
 
 logger = logging.getLogger("tfcompress")
 
@@ -91,7 +92,7 @@ def _identity_bn(channels: int, name: str, rank: int = 2, **kwargs) -> keras.lay
 
 
 def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool | None = None,
-            slimming_strength: float = 1e-4, **layer_kwargs) -> keras.Model:
+            slimming_strength: float = 1e-4, verbose: int = 1, **layer_kwargs) -> keras.Model:
     """The Bayesian counterpart of a trained Sequential / Functional model, keeping its weights.
 
     Args:
@@ -101,14 +102,39 @@ def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool 
         layers: optional names of the Conv2D / Dense layers to make Bayesian (default: all).
         freeze: Dirichlet only: train only the switches (default True).
         slimming_strength: L1 strength on BN gammas for ``"slimming"``.
+        verbose: how the report is shown (`tfcompress.report.CompressionReport.emit`): 0 not at
+            all, 1 one log record (a warning when a layer named in ``layers`` is left alone), 2
+            printed.
         **layer_kwargs: passed to the Bayesian layers (``prior_stddev``, ``threshold``, ...).
+
+    Returns:
+        The Bayesian model. Its ``compression_report`` lists every Conv2D / Dense (and, for
+        ``vcp`` / ``slimming``, BatchNormalization): converted (to which layer), or skipped with
+        the reason (an output layer, not in ``layers``, an activation no gate folds through).
+
+    Example:
+
+    >>> import keras
+    >>> from tfcompress import bayesian
+    >>> x = keras.Input((8,))
+    >>> h = keras.layers.Dense(6, activation="relu", name="fc1")(x)
+    >>> h = keras.layers.Dense(6, activation="sigmoid", name="fc2")(h)
+    >>> model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
+    >>> sbp = bayesian.convert(model, "sbp", dataset_size=100, verbose=0)
+    >>> [(row.layer, row.action) for row in sbp.compression_report.rows]
+    [('fc1', 'converted'), ('fc2', 'skipped'), ('out', 'skipped')]
     """
+    verbose = check_verbose(verbose, "bayesian.convert")
     if method not in METHODS:
         raise TfcompressError(f"unknown method {method!r}", "convert", f"use one of {METHODS}")
     graph = trace(model, where="bayesian.convert")
     output_layers = {id(graph.producer(t).op) for t in graph.outputs if graph.producer(t) is not None}
     chosen = (lambda layer: True) if layers is None else (lambda layer: layer.name in layers)
     bn_method = method in ("vcp", "slimming")
+    rows: dict[int, tuple] = {}  # layer id -> its report row
+
+    def row(layer, action: str, reason: str, fix: str = "", important: bool = False) -> None:
+        rows[id(layer)] = (layer.name, type(layer).__name__, action, reason, fix, important)
 
     def make_bn(source_bn=None, channels=None, name=None, rank=2):
         if method == "vcp":
@@ -133,7 +159,15 @@ def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool 
         layer = node.op
         rank = len(graph.shape(node.outputs[0]))
         if bn_method and _is_batch_norm(layer):
-            return make_bn(source_bn=layer, rank=rank)(*args, **kwargs)
+            new = make_bn(source_bn=layer, rank=rank)
+            penalty = " with a NetworkSlimming penalty" if method == "slimming" else ""
+            row(layer, "converted", f"to {type(new).__name__}{penalty}")
+            return new(*args, **kwargs)
+        if _is_producer(layer) and not chosen(layer):
+            row(layer, SKIPPED, "not in layers=", "add its name to layers= to make it Bayesian")
+        elif _is_producer(layer) and id(layer) in output_layers:
+            row(layer, SKIPPED, "its units are model outputs (they are never pruned)", "",
+                important=layers is not None and layer.name in layers)
         if _is_producer(layer) and chosen(layer) and id(layer) not in output_layers:
             config = layer.get_config()
             activation = config.get("activation", "linear")
@@ -142,7 +176,9 @@ def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool 
             if bn_method and not followed_by_bn:
                 config["activation"] = "linear"
                 out = call_copy(node, args, kwargs, layer=layer.__class__.from_config(config))
-                out = make_bn(channels=int(layer.get_weights()[0].shape[-1]), name=f"{layer.name}_bn", rank=rank)(out)
+                new = make_bn(channels=int(layer.get_weights()[0].shape[-1]), name=f"{layer.name}_bn", rank=rank)
+                row(layer, "converted", f"{type(new).__name__} {new.name} added after it")
+                out = new(out)
                 return keras.layers.Activation(activation, name=f"{layer.name}_activation")(out)
             if method in ("sparse_vd", "bc"):
                 dense = _is_dense(layer)
@@ -152,6 +188,7 @@ def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool 
                           "use_bias": config.get("use_bias", True), "name": layer.name, **layer_kwargs}
                 new_layer = (cls(layer.units, **common) if dense else
                              cls(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding, **common))
+                row(layer, "converted", f"to {cls.__name__}")
                 out = new_layer(*args, **kwargs)
                 weights = layer.get_weights()
                 new_layer.kernel.assign(weights[0])
@@ -161,12 +198,17 @@ def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool 
             out = call_copy(node, args, kwargs)
             if method in ("dirichlet", "sbp") and not followed_by_bn:
                 if activation in ("relu", "linear"):
-                    out = switch_for(layer)(out)
+                    gate = switch_for(layer)
+                    row(layer, "converted", f"{type(gate).__name__} {gate.name} added after it")
+                    out = gate(out)
                 else:
                     # a gate >= 0 folds into the producer only through ReLU / linear (strip needs
                     # that): an SE block's sigmoid or a SiLU layer stays deterministic
-                    logger.info("bayesian.convert: no %s gate after %s (activation %r)", method, layer.name,
-                                activation)
+                    row(layer, SKIPPED, f"activation {activation!r}: a {method} gate folds back into a layer "
+                        "only through ReLU or linear", "split the activation off, or leave it deterministic",
+                        important=layers is not None)
+            elif not bn_method and method in ("dirichlet", "sbp"):
+                row(layer, "converted", f"a {method} gate after its BatchNormalization")
             return out
         if method in ("dirichlet", "sbp") and _is_batch_norm(layer):
             # the switch goes after the BatchNormalization that follows a producer
@@ -181,7 +223,12 @@ def convert(model, method: str, *, dataset_size: int, layers=None, freeze: bool 
     converted = rebuild(graph, replace, name=f"{model.name}_{method}")
     if method == "dirichlet" and (freeze is None or freeze):
         freeze_all_but_switches(converted)
-    return converted
+    report = CompressionReport("bayesian.convert")
+    for layer in graph.layers():
+        if id(layer) in rows:
+            report.add(*rows[id(layer)][:5], important=rows[id(layer)][5])
+    report.emit(verbose)
+    return attach(converted, report)
 
 
 def _slimming_keep(bn, threshold: float) -> np.ndarray:

@@ -20,6 +20,7 @@ from tfcompress._io import write_bytes_atomic
 from tfcompress.errors import ConversionError, FloatFallbackError, TfcompressError
 from tfcompress.export.calibration import converter_dataset, representative_samples
 from tfcompress.export.tflite_file import TFLiteModel, load_tflite
+from tfcompress.report import SKIPPED, CompressionReport
 
 QUANTIZATION_MODES = ("int8", "float16", "dynamic", None)
 IO_DTYPES = ("int8", "uint8", "float32")
@@ -53,9 +54,13 @@ class ExportReport:
     calibration_samples: int
     conversion_seconds: float
     notes: list[str] = field(default_factory=list)
+    #: what the conversion did, layer by layer and op by op (`layer_report`)
+    layers: CompressionReport | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["layers"] = self.layers.to_dict() if self.layers is not None else None
+        return data
 
     def text(self) -> str:
         lines = [
@@ -295,6 +300,8 @@ def to_tflite(
         _refuse_before_calibration(model, str(target))
     samples = None
     notes: list[str] = []
+    rewritten_layers = [(layer.name, type(layer).__name__) for layer in _walk_layers(model)
+                        if getattr(layer, "tfcompress_quantized_kernel", False) or getattr(layer, "tfcompress_hashed", False)]
     model, materialized = _materialize(model)
     if materialized:
         notes.append(f"materialized {materialized} quantized/hashed layer(s) into plain Dense/Conv2D weights")
@@ -370,7 +377,45 @@ def to_tflite(
         calibration_samples=len(samples) if samples is not None else 0,
         conversion_seconds=round(seconds, 3),
         notes=notes,
+        layers=layer_report(parsed, quantization, float_ops, rewritten_layers),
     )
+
+
+def layer_report(parsed: TFLiteModel, quantization: str | None, float_ops: list[str],
+                 materialized: list[tuple[str, str]] = ()) -> CompressionReport:
+    """`to_tflite`'s `CompressionReport`: the layers materialized into plain weights, one row per
+    TFLite op kind with how it is computed, and each op the int8 conversion left in float
+    (``skipped``, with what to do).
+
+    Example:
+
+    >>> import keras, numpy as np, tempfile, os
+    >>> from tfcompress.export import to_tflite
+    >>> x = keras.Input((4,))
+    >>> model = keras.Model(x, keras.layers.Dense(2, activation="softmax")(keras.layers.Dense(3)(x)))
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.tflite")
+    >>> report = to_tflite(model, path, "int8", representative_data=np.ones((8, 4), "float32"))
+    >>> [(row.layer, row.action) for row in report.layers.rows]
+    [('FULLY_CONNECTED x2', 'int8'), ('SOFTMAX x1', 'int8')]
+    """
+    report = CompressionReport("to_tflite")
+    for name, kind in materialized:
+        report.add(name, kind, "materialized", "its computed weights written into a plain Dense / Conv2D")
+    left: dict[str, list[str]] = {}
+    for described in float_ops if quantization == "int8" else ():
+        left.setdefault(described.split("#")[0], []).append(described)
+    mode = {"int8": "int8", "float16": "float16 weights", "dynamic": "int8 weights, float activations",
+            None: "float32"}[quantization]
+    for kind, count in sorted(parsed.op_counts().items()):
+        done = count - len(left.get(kind, []))
+        if done:
+            report.add(f"{kind} x{done}", kind, mode)
+    for kind, ops in sorted(left.items()):
+        for described in ops:
+            report.add(described, kind, SKIPPED,
+                       "kept in float: the converter has no int8 kernel for it here (allow_float_fallback=True)",
+                       "replace or remove the layer it comes from, or accept the float op", important=True)
+    return report
 
 
 def _describe_float_ops(parsed: TFLiteModel) -> list[str]:

@@ -34,8 +34,10 @@ keeps less than ``min_keep_fraction`` of its weights / channels: Tanaka et al. (
 "Pruning neural networks without any data by iteratively conserving synaptic flow") show that
 global magnitude pruning otherwise collapses whole layers at high sparsity.
 
-Layers `prune` cannot handle (LSTM, Conv2DTranspose, Embedding, ...) are left dense with a
-WARNING on the ``"tfcompress"`` logger naming the layer type and the supported ones.
+Layers `prune` cannot handle (LSTM, Conv2DTranspose, Embedding, ...) are left dense; the
+returned model's ``compression_report`` (`tfcompress.report.CompressionReport`) lists every layer
+with weights, what ``prune`` did to it or why it left it alone and what to do, logged once as a
+table (a WARNING when a weight matrix stays dense; ``verbose=0`` silences it).
 
 Criteria are small serializable objects (:class:`PruningCriterion`); the default
 ``"magnitude"`` scores weights by |w| and channels by their L2 norm (``"l1"`` for the L1 norm).
@@ -77,6 +79,7 @@ from tfcompress.pruning.groups import (
     group_channel_masks,
     removable_channels,
 )
+from tfcompress.report import SKIPPED, CompressionReport, attach, check_verbose
 
 logger = logging.getLogger("tfcompress")
 
@@ -193,7 +196,8 @@ def _settings_for(layer, layers, defaults: dict) -> dict | None:
 
 
 def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: str = "layer",
-          criterion: Any = "magnitude", *, layers=None, min_keep_fraction: float = 0.02) -> keras.Model:
+          criterion: Any = "magnitude", *, layers=None, min_keep_fraction: float = 0.02,
+          verbose: int = 1) -> keras.Model:
     """A copy of ``model`` whose prunable layers are wrapped in `PruneLowMagnitude`.
 
     Args:
@@ -207,11 +211,28 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
             ``granularity``, ``scope``, ``criterion``, ``min_keep_fraction``), or a function
             ``layer -> dict | None`` (None leaves the layer alone).
         min_keep_fraction: with ``scope="global"``, no layer keeps less than this fraction.
+        verbose: how the report is shown (`tfcompress.report.CompressionReport.emit`): 0 not at
+            all, 1 one log record (a warning when a weight matrix stays dense or a layer named in
+            ``layers`` is left alone), 2 printed.
 
     Returns:
-        A new model with the original's weights; train it with `UpdatePruning`.
+        A new model with the original's weights; train it with `UpdatePruning`. Its
+        ``compression_report`` lists every layer with weights: pruned (with its settings),
+        masked (a BatchNormalization after channel-pruned channels) or skipped, with the reason
+        and what to do.
+
+    Example:
+
+    >>> import keras, tfcompress
+    >>> x = keras.Input((6, 4))
+    >>> h = keras.layers.LSTM(5, name="lstm")(x)
+    >>> model = keras.Model(x, keras.layers.Dense(3, name="head")(h))
+    >>> pruned = tfcompress.prune(model, tfcompress.pruning.ConstantSparsity(0.5, 0), verbose=0)
+    >>> [(row.layer, row.action) for row in pruned.compression_report.rows]
+    [('lstm', 'skipped'), ('head', 'pruned')]
     """
     _check_graph_model(model, "prune")
+    verbose = check_verbose(verbose, "prune")
     get_schedule(schedule)
     parse_granularity(granularity)
     if scope not in SCOPES:
@@ -235,24 +256,32 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
     output_layers = {id(graph.producer(t).op) for t in graph.outputs if graph.producer(t) is not None}
     plan: dict[int, dict] = {}
     explicit = isinstance(layers, dict) or callable(layers)
+    report = CompressionReport("prune")
+    rows: dict[int, tuple] = {}  # layer id -> its row's arguments, in graph order
     for layer in graph.layers():
+        kind = type(layer).__name__
         settings = _settings_for(layer, layers, defaults)
         if settings is None:
+            if layer.weights:
+                rows[id(layer)] = (layer.name, kind, SKIPPED, "not selected by layers=", "")
             continue
         if not is_prunable(layer):
             reason = _unsupported_reason(layer)
             if reason is not None:
                 # a weight matrix left dense, or a layer the user asked for: say so where users look
-                level = logging.WARNING if reason[0] or explicit else logging.INFO
-                logger.log(level, "prune: leaving %s (%s) alone: %s", layer.name, type(layer).__name__, reason[1])
+                why, _, fix = reason[1].partition("; ")
+                rows[id(layer)] = (layer.name, kind, SKIPPED, why, fix, reason[0] or explicit)
             continue
         if parse_granularity(settings["granularity"])[0] == "channel" and id(layer) in output_layers:
-            level = logging.WARNING if explicit else logging.INFO
-            logger.log(level, "prune: leaving %s (%s) alone for channel pruning: its units are model outputs "
-                       "(removing one would change the output shape); prune it with granularity='weight' "
-                       "or 'N:M' through layers=", layer.name, type(layer).__name__)
+            rows[id(layer)] = (layer.name, kind, SKIPPED,
+                               "channel pruning: its units are model outputs (removing one would "
+                               "change the output shape)",
+                               "prune it with granularity='weight' or 'N:M' through layers=", explicit)
             continue
         plan[id(layer)] = settings
+        rows[id(layer)] = (layer.name, kind, "pruned",
+                           f"granularity {settings['granularity']}, scope {settings['scope']}, "
+                           f"schedule {type(get_schedule(settings['schedule'])).__name__}", "")
     # A BatchNormalization whose channels come from a channel-pruned layer (right after it, or
     # through a concatenation, pooling, padding...) masks the pruned channels to exactly 0: its
     # shift would otherwise make them non-zero constants, which a "same"-padded convolution
@@ -269,6 +298,8 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
             source = next((name for name in creators if name in channel_pruned), None)
             if source is not None:
                 followers[id(node.op)] = f"prune_low_magnitude_{source}"
+                rows[id(node.op)] = (node.op.name, type(node.op).__name__, "masked",
+                                     f"zeroes the channels pruned in {source}", "")
 
     def wrap(node, args, kwargs):
         layer = node.op
@@ -289,9 +320,15 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
 
     # nested models stay nested, as keras.models.clone_model keeps them
     pruned = rebuild(trace(model, where="prune", inline=False), wrap, as_clone=True)
-    if not pruning_wrappers(pruned):
-        logger.warning("prune: no layer of %s was wrapped", model.name)
-    return pruned
+    for layer in graph.layers():  # in graph order
+        if id(layer) in rows:
+            args = rows[id(layer)]
+            report.add(*args[:5], important=len(args) > 5 and bool(args[5]))
+    nothing = not pruning_wrappers(pruned)
+    if nothing:
+        report.notes.append(f"no layer of {model.name} was wrapped: nothing will be pruned")
+    report.emit(verbose, warn=nothing)
+    return attach(pruned, report)
 
 
 def strip(model) -> keras.Model:

@@ -76,6 +76,7 @@ from tfcompress.layers.fake_quant import (
     exporting,
     fake_quant_per_channel,
 )
+from tfcompress.report import attach, check_verbose
 
 # the layers and the export switch are defined in tfcompress.layers.fake_quant
 __all__ = [
@@ -110,7 +111,7 @@ def _fused_activation(layer) -> str | None:
 
 
 def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step: int = 0,
-             preserve_sparsity: bool = False, ema_decay: float = 0.99) -> keras.Model:
+             preserve_sparsity: bool = False, ema_decay: float = 0.99, verbose: int = 1) -> keras.Model:
     """A quantization-aware copy of ``model`` (tfmot's ``quantize_model``), with its weights.
 
     Args:
@@ -119,15 +120,20 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
         start_step: training steps before fake quantization switches on.
         preserve_sparsity: keep every kernel zero exactly zero (pruning-preserving QAT).
         ema_decay: decay of the activation ranges' moving averages.
+        verbose: how its report is shown (`tfcompress.report.CompressionReport.emit`): 0 not at
+            all, 1 one log record (a warning when ``skip_layers`` leaves layers in float), 2 printed.
 
     Returns:
         A Functional model; train it, then ``to_tflite(qat_model, path, "int8")``. The inputs
         and output of every Concatenate / Maximum / Minimum share one `SharedRangeQuantizer`
-        (named ``quantize_<first such layer>``), as the int8 TFLite kernels require.
+        (named ``quantize_<first such layer>``), as the int8 TFLite kernels require. Its
+        ``compression_report`` lists what QAT did to each layer (quantized, folded, fused, range)
+        and the layers it left in float (``tfcompress.quantization.report``).
     """
     if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
         raise TfcompressError("quantize needs a built Sequential or Functional model",
                               getattr(model, "name", "model"), "build it with keras.Input first")
+    verbose = check_verbose(verbose, "quantize")
     model = _swap_qat_equivalents(strip_all(model))
     if any(getattr(layer, "tfcompress_fake_quant", False) for layer in iter_layers(model)):
         raise TfcompressError("the model is already quantization-aware", model.name, "quantize the float model")
@@ -209,7 +215,7 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
         out = call_copy(node, args, kwargs)
         role = roles[id(node)]
         if layer.name in skip:
-            logger.info("quantize: %s stays in float (skip_layers)", layer.name)
+            pass  # stays in float: a "skipped" row of the report
         elif node.output in shared:
             quantizer, member = shared[node.output]
             out = quantizer(out, member=member)
@@ -219,7 +225,12 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
         new_tensors[node.output] = out
         return out
 
-    return rebuild(graph, replace, name=f"{model.name}_qat", input_transform=quantize_input)
+    qat = rebuild(graph, replace, name=f"{model.name}_qat", input_transform=quantize_input)
+    from tfcompress.quantization.report import quantization_report
+
+    report = quantization_report(model, qat, skip)
+    report.emit(verbose)
+    return attach(qat, report)
 
 
 # Outputs whose int8 quantization TFLite fixes (8-bit quantization specification): SOFTMAX and
