@@ -57,12 +57,32 @@ from tfcompress.layers.variational_bn import (
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
 
 
-def _log_ndtr(x):
-    """log Phi(x), accurate in the left tail (TFP's standard normal log_cdf)."""
-    import tensorflow_probability as tfp
+def _ndtr(x):
+    """Phi(x) from erf / erfc, each where it keeps its precision (Cephes' ndtr)."""
+    w = x * (0.5 * math.sqrt(2.0))
+    z = tf.abs(w)
+    y = tf.where(z < 0.5 * math.sqrt(2.0), 1.0 + tf.math.erf(w), tf.where(w > 0.0, 2.0 - tf.math.erfc(z),
+                                                                        tf.math.erfc(z)))
+    return 0.5 * y
 
-    standard = tfp.distributions.Normal(tf.zeros([], x.dtype), tf.ones([], x.dtype))
-    return standard.log_cdf(x)
+
+def _log_ndtr(x):
+    """log Phi(x), accurate in both tails, with finite gradients (the segments of TFP's
+    ``special_math.log_ndtr``, so TensorFlow Probability is not needed at run time).
+
+    ``x > upper``: ``log1p(-Phi(-x)) ~ -Phi(-x)``; ``lower < x <= upper``: ``log(Phi(x))``;
+    ``x <= lower``: the asymptotic series ``log(phi(x) / -x) + log(1 + sum_{n=1}^{3}
+    (-1)^n (2n - 1)!! / x^(2n))`` (Abramowitz and Stegun 26.2.12). Segments: float64 (-20, 8),
+    float32 (-10, 5). Each branch gets a clamped input, so the unused ones stay finite.
+    """
+    lower, upper = (-20.0, 8.0) if x.dtype == tf.float64 else (-10.0, 5.0)
+    right = -_ndtr(-tf.maximum(x, upper))
+    middle = tf.math.log(_ndtr(tf.clip_by_value(x, lower, upper)))
+    t = tf.minimum(x, lower)
+    t2 = tf.square(t)
+    series = 1.0 - 1.0 / t2 + 3.0 / tf.square(t2) - 15.0 / (t2 * tf.square(t2))  # (2n-1)!! = 1, 3, 15
+    left = -0.5 * t2 - tf.math.log(-t) - 0.5 * math.log(2.0 * math.pi) + tf.math.log(series)
+    return tf.where(x > upper, right, tf.where(x > lower, middle, left))
 
 
 def log_normal_cdf_difference(lower, upper):
