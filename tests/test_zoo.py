@@ -1,128 +1,39 @@
-"""The zoo: every step on the MLPerf Tiny reference models and keras.applications nets.
+"""The zoo, part 1: the MLPerf Tiny reference models, MobileNetV2 and MobileNetV3Small.
 
-Random weights (``weights=None``), small inputs, BatchNormalization statistics re-estimated on
-random data (random nets otherwise shrink their activations to nothing), a few samples. Select
-it with ``pytest -m zoo``; it is part of the default suite.
+Every step on each net (tests/zoo_support.py says how); part 2 is tests/test_zoo_applications.py.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-
-import tfcompress
-from tfcompress import bayesian
-from tfcompress.batchnorm import recalibrate_batchnorm
-from tfcompress.export import edgetpu_report, to_micro, to_tflite
-from tfcompress.pruning import ConstantSparsity, prune, pruning_summary, strip, update_masks
-from tfcompress.zoo import ZOO
+import zoo_support as zoo
 
 pytestmark = pytest.mark.zoo
 
-NETS = ["resnet8", "ds_cnn", "mobilenet_v1", "fc_autoencoder", "mobilenet_v2", "mobilenet_v3_small",
-        "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_b0", "resnet50_v2", "densenet121",
-        "nasnet_mobile"]
-# the largest nets go through the structural step only (trace, groups, exact shrink), so the zoo
-# stays within minutes; benchmarks/survey_zoo.py takes them through every step
-HEAVY = {"resnet50_v2", "densenet121", "nasnet_mobile", "mobilenet_v3_large", "efficientnet_v2_b0"}
-# inputs in 0..255 for the nets that rescale them themselves
-RAW_PIXELS = {"mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_b0"}
-
-_CACHE: dict[str, tuple] = {}
+NETS = ["resnet8", "ds_cnn", "mobilenet_v1", "fc_autoencoder", "mobilenet_v2", "mobilenet_v3_small"]
+LIGHT = [n for n in NETS if n not in zoo.HEAVY]
 
 
-def built(name):
-    """(model, calibration data) for ``name``, built once per test session."""
-    if name not in _CACHE:
-        import keras
-
-        keras.utils.set_random_seed(0)
-        model = ZOO[name](**({"input_shape": (96, 96, 3)} if name == "mobilenet_v1" else {}))
-        shape = model.input_shape[1:]
-        high = 255.0 if name in RAW_PIXELS else 1.0
-        x = np.random.default_rng(0).uniform(0, high, (16, *shape)).astype("float32")
-        recalibrate_batchnorm(model, x)
-        _CACHE[name] = (model, x)
-    return _CACHE[name]
-
-
-def same(a, b, x, atol=1e-5):
-    np.testing.assert_allclose(a.predict(x, verbose=0), b.predict(x, verbose=0), atol=atol)
-
-
-@pytest.mark.parametrize("name", [n for n in NETS if n not in HEAVY])
+@pytest.mark.parametrize("name", LIGHT)
 def test_ptq_int8_micro_and_edgetpu(name, tmp_path):
-    model, x = built(name)
-    path = tmp_path / f"{name}.tflite"
-    # the FC autoencoder is all Dense: TFLM's FULLY_CONNECTED rounds twice where LiteRT's
-    # reference kernel rounds once, so it is exported with Dense as 1x1 CONV_2D (NOTES.md)
-    report = to_tflite(model, path, "int8", representative_data=x, dense_as_conv=name == "fc_autoencoder")
-    assert report.int8_coverage == 1.0
-    micro = to_micro(path, tmp_path / "micro", name="model", num_samples=2)
-    assert micro.identical, micro.op_differences[:3]
-    assert micro.arena_total_bytes > 0
-    tpu = edgetpu_report(path, compiler="auto")
-    assert tpu.tpu_ops + tpu.cpu_ops == report.num_ops
+    zoo.ptq_int8_micro_and_edgetpu(name, tmp_path)
 
 
 @pytest.mark.parametrize("name", NETS)
 def test_channel_pruning_and_shrink_are_exact(name, tmp_path):
-    model, x = built(name)
-    pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel")
-    update_masks(pruned, 0)
-    summary = pruning_summary(pruned)
-    small, report = tfcompress.shrink(pruned, return_report=True)
-    same(small, strip(pruned), x[:4])
-    assert report.macs_ratio > 1.5, report.text()
-    for layer, (before, after) in report.channels.items():
-        assert after >= 1, layer
-        if layer in summary:
-            assert after == before - summary[layer]["removable_channels"], layer
-    if name in HEAVY:
-        return
-    path = tmp_path / "pruned.keras"
-    pruned.save(path)
-    import keras
-
-    reloaded = keras.saving.load_model(path)
-    same(reloaded, pruned, x[:4], atol=1e-6)
-    export = to_tflite(small, tmp_path / "small.tflite", "int8", representative_data=x)
-    assert export.int8_coverage == 1.0
+    zoo.channel_pruning_and_shrink_are_exact(name, tmp_path)
 
 
-@pytest.mark.parametrize("name", [n for n in NETS if n not in HEAVY])
+@pytest.mark.parametrize("name", LIGHT)
 def test_two_four_pruning_exports_to_int8(name, tmp_path):
-    model, x = built(name)
-    pruned = prune(model, ConstantSparsity(0.5, 0), granularity="2:4")
-    update_masks(pruned, 0)
-    export = to_tflite(strip(pruned), tmp_path / "nm.tflite", "int8", representative_data=x)
-    assert export.int8_coverage == 1.0
+    zoo.two_four_pruning_exports_to_int8(name, tmp_path)
 
 
-@pytest.mark.parametrize("name", [n for n in NETS if n not in HEAVY])
+@pytest.mark.parametrize("name", LIGHT)
 def test_qat_with_the_nets_own_head(name, tmp_path):
-    model, x = built(name)
-    qat = tfcompress.quantize(model)
-    for start in range(0, len(x), 8):  # ranges from a few batches
-        qat(x[start : start + 8], training=True)
-    path = tmp_path / "qat.tflite"
-    export = to_tflite(qat, path, "int8")
-    assert export.int8_coverage == 1.0
-    import keras
-
-    qat.save(tmp_path / "qat.keras")
-    reloaded = keras.saving.load_model(tmp_path / "qat.keras")
-    same(reloaded, qat, x[:4], atol=1e-6)
+    zoo.qat_with_the_nets_own_head(name, tmp_path)
 
 
-@pytest.mark.parametrize("name", [n for n in NETS if n not in HEAVY])
+@pytest.mark.parametrize("name", LIGHT)
 def test_bayesian_prune_to_and_shrink(name):
-    model, x = built(name)
-    converted = bayesian.convert(model, "dirichlet", dataset_size=1000)
-    structure = bayesian.structure(converted)
-    assert structure
-    bayesian.prune_to(converted, {layer: max(1, info["total"] // 2) for layer, info in structure.items()})
-    plain = bayesian.strip(converted)
-    small, report = tfcompress.shrink(plain, return_report=True)
-    same(small, plain, x[:4])
-    assert report.macs_ratio > 1.2
+    zoo.bayesian_prune_to_and_shrink(name)
