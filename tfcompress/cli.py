@@ -107,6 +107,7 @@ def cmd_inspect(args) -> int:
 
     model = load_tflite(args.model)
     summary = model.summary()
+    comparison = _compare(args) if args.compare else None
     readiness = None
     try:
         from tfcompress.export.edgetpu import edgetpu_report
@@ -129,6 +130,8 @@ def cmd_inspect(args) -> int:
             }
             for t in model.tensors[0]
         ]
+        if comparison is not None:
+            summary["compare"] = comparison.to_dict()
         _print_json(summary)
         return EXIT_OK
     print(f"{args.model}")
@@ -153,7 +156,22 @@ def cmd_inspect(args) -> int:
             print(f"  {kind:<6} {t.name}: {_tensor_brief(t, full=True)}")
     if readiness is not None:
         print(f"  edge tpu       {readiness.one_line()}")
+    if comparison is not None:
+        print(comparison.text())
     return EXIT_OK
+
+
+def _compare(args):
+    """`inspect --compare`: the per-layer error against the float reference on --samples."""
+    from tfcompress.errors import TfcompressError
+    from tfcompress.export.calibration import load_calibration_file
+    from tfcompress.export.compare import compare
+
+    if not args.samples:
+        raise TfcompressError("--compare needs --samples", "--samples", "pass --samples calib.npz (model inputs)")
+    samples = load_calibration_file(args.samples)
+    with _native_stderr_captured(args.verbose):
+        return compare(args.compare, args.model, samples, isolate=not args.in_process)
 
 
 def _tensor_brief(t, full: bool = False) -> str:
@@ -309,10 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         formatter_class=_Formatter,
         help="ops, tensors, quantization, sizes, int8 coverage, Edge TPU readiness of a .tflite",
-        description="Describe a .tflite file without running it (the file is validated first).",
-        epilog="example:\n  tfcompress inspect model.tflite\n  tfcompress inspect model.tflite --json",
+        description="Describe a .tflite file without running it (the file is validated first); --compare runs it "
+        "and its float reference on --samples for the per-layer error.",
+        epilog="example:\n  tfcompress inspect model.tflite\n  tfcompress inspect model.tflite --json\n"
+        "  tfcompress inspect int8.tflite --compare float.tflite --samples calib.npz",
     )
     p.add_argument("model", help="the .tflite file")
+    p.add_argument("--compare", metavar="REFERENCE",
+                   help="also run the file and its float reference (.tflite or .keras) on --samples and report "
+                        "each layer's SNR, cosine and error in LSB, worst first")
+    p.add_argument("--samples", metavar="NPZ", help="inputs for --compare (.npz key 'x', or .npy)")
+    p.add_argument("--in-process", action="store_true", help=_IN_PROCESS_HELP)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(

@@ -2,6 +2,7 @@
 
 from tfcompress.export.bench import BenchReport, benchmark
 from tfcompress.export.calibration import load_calibration_file, representative_samples
+from tfcompress.export.compare import ComparisonReport, LayerError, compare
 from tfcompress.export.convert import ExportReport, load_keras_model, to_tflite
 from tfcompress.export.edgetpu import EdgeTPUReport, edgetpu_report
 from tfcompress.export.micro import MicroReport, to_micro
@@ -11,14 +12,17 @@ from tfcompress.export.tflite_file import TFLiteModel, gzip_size, load_tflite, v
 __all__ = [
     "Agreement",
     "BenchReport",
+    "ComparisonReport",
     "EdgeTPUReport",
     "MicroReport",
     "Evaluation",
+    "LayerError",
     "ExportReport",
     "ModelRunner",
     "TFLiteModel",
     "agreement",
     "benchmark",
+    "compare",
     "edgetpu_report",
     "evaluate",
     "gzip_size",
