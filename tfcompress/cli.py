@@ -146,6 +146,12 @@ def cmd_inspect(args) -> int:
             f"  weights        {stats['weight_elements']:,} values, {stats['weight_bytes']:,} bytes, "
             f"{stats['weight_zeros'] / stats['weight_elements']:.1%} zeros"
         )
+    if summary["int4_tensors"]:
+        print(f"  int4 tensors   {summary['int4_tensors']}")
+    if summary["offset_buffers"]:
+        print(f"  offset buffers {summary['offset_buffers']} stored after the flatbuffer, "
+              f"{summary['offset_buffer_bytes']:,} bytes (TFLite Micro cannot read them: "
+              "tfcompress.export.inline_buffers moves them inside)")
     print("  ops and tensors:")
     for op in model.ops:
         outs = [model.tensor(i, op.subgraph) for i in op.outputs if i >= 0]

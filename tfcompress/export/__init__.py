@@ -1,6 +1,7 @@
 """Export: Keras 3 -> verified TFLite for LiteRT, TFLite Micro and the Edge TPU."""
 
 from tfcompress.export.bench import BenchReport, benchmark
+from tfcompress.export.buffers import OffsetBuffer, inline_buffers, offset_buffers
 from tfcompress.export.calibration import load_calibration_file, representative_samples
 from tfcompress.export.compare import ComparisonReport, LayerError, compare
 from tfcompress.export.convert import ExportReport, load_keras_model, to_tflite
@@ -19,6 +20,7 @@ __all__ = [
     "LayerError",
     "ExportReport",
     "ModelRunner",
+    "OffsetBuffer",
     "TFLiteModel",
     "agreement",
     "benchmark",
@@ -26,9 +28,11 @@ __all__ = [
     "edgetpu_report",
     "evaluate",
     "gzip_size",
+    "inline_buffers",
     "load_calibration_file",
     "load_keras_model",
     "load_tflite",
+    "offset_buffers",
     "representative_samples",
     "to_micro",
     "to_tflite",

@@ -41,6 +41,7 @@ import numpy as np
 
 from tfcompress._io import atomic_write
 from tfcompress.errors import TfcompressError
+from tfcompress.export.buffers import OffsetBuffer, offset_buffers
 from tfcompress.export.isolation import phase, run_isolated
 from tfcompress.export.tflite_file import TensorInfo, TFLiteModel, load_tflite
 
@@ -193,6 +194,27 @@ class UnsupportedOpError(MicroError):
             where,
             "replace the layers that produce them (TFLM supports the builtins listed in "
             "tfcompress.export.micro.TFLM_OPS)",
+        )
+
+
+class OffsetBuffersError(MicroError):
+    """The file stores constant buffers after the flatbuffer (``Buffer.offset``), which TFLite
+    Micro does not read (`tfcompress.export.buffers`).
+
+    Attributes:
+        buffers: the `OffsetBuffer` s.
+    """
+
+    def __init__(self, buffers: Sequence[OffsetBuffer], where: str):
+        self.buffers = list(buffers)
+        listed = "; ".join(str(b) for b in self.buffers[:6]) + ("; ..." if len(self.buffers) > 6 else "")
+        super().__init__(
+            f"{len(self.buffers)} buffer(s), {sum(b.size for b in self.buffers):,} bytes, are stored after the "
+            f"flatbuffer by offset, which TFLite Micro does not read (it would run with wrong weights): {listed}",
+            where,
+            "rewrite the file with its buffers inside: tfcompress.export.inline_buffers(FILE, OUT), or re-export "
+            "with tfcompress.export.to_tflite (ai-edge-quantizer stores buffers by offset once they reach 256 KiB "
+            "and has no option to keep them inside)",
         )
 
 
@@ -871,6 +893,7 @@ def to_micro(
 
     Raises:
         InvalidModelFileError: the file is missing or not a valid flatbuffer.
+        OffsetBuffersError: the file stores buffers after the flatbuffer, by offset.
         UnsupportedOpError: an op has no TFLM kernel.
         MicroError: bad ``name`` / ``out_dir`` / ``samples``, or TFLM cannot run the model.
         MicroVerificationError: with ``strict=True``, TFLM differs from the reference.
@@ -887,6 +910,8 @@ def to_micro(
         )
     model = load_tflite(path)
     where = model.path or "<bytes>"
+    if model.external_buffers:
+        raise OffsetBuffersError(offset_buffers(model), where)
     methods = resolver_methods(model)
     if isolate:
         source = model.path if model.path else model.data

@@ -196,6 +196,8 @@ class TFLiteModel:
         return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
 
     _buffers: dict[int, memoryview] = field(default_factory=dict, repr=False)
+    # buffer index -> (offset, size) of the buffers stored after the flatbuffer (Buffer.offset > 1)
+    external_buffers: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
         """A JSON-ready description (what `tfcompress inspect --json` prints)."""
@@ -222,6 +224,9 @@ class TFLiteModel:
             "inputs": [tensor_dict(t) for t in self.inputs],
             "outputs": [tensor_dict(t) for t in self.outputs],
             **self.weight_stats(),
+            "offset_buffers": len(self.external_buffers),
+            "offset_buffer_bytes": sum(size for _, size in self.external_buffers.values()),
+            "int4_tensors": sum(t.dtype == "INT4" for tensors in self.tensors for t in tensors),
         }
 
 
@@ -286,6 +291,7 @@ def _parse(data: bytes, where: str, path: str | None) -> TFLiteModel:
     model = read_flatbuffer(data, where)  # verified as it is read: every offset inside the file
 
     buffer_bytes: dict[int, memoryview] = {}
+    external: dict[int, tuple[int, int]] = {}
     for b_index, buf in enumerate(model.buffers or []):
         has_data = buf.data is not None and not isinstance(buf.data, int) and len(buf.data) > 0
         if buf.offset and buf.offset > 1:
@@ -295,6 +301,7 @@ def _parse(data: bytes, where: str, path: str | None) -> TFLiteModel:
             if buf.offset + buf.size > len(data):
                 raise _fail(where, f"buffer {b_index} points past the end of the file (truncated?)")
             buffer_bytes[b_index] = memoryview(data)[buf.offset : buf.offset + buf.size]
+            external[b_index] = (int(buf.offset), int(buf.size))
         elif has_data:
             buffer_bytes[b_index] = memoryview(buf.data)  # a view of `data`: nothing is copied
     op_names = verify_model(model, data, where, buffer_bytes)
@@ -357,6 +364,7 @@ def _parse(data: bytes, where: str, path: str | None) -> TFLiteModel:
         inputs=inputs,
         outputs=outputs,
         _buffers=buffer_bytes,
+        external_buffers=external,
     )
 
 
