@@ -82,6 +82,18 @@ def data():
     return synthetic_images(640, shape=(16, 16, 1), kind="position", seed=3)
 
 
+def tflm_predict(path, x, arena_size=400_000):
+    """The file's float outputs on TFLM, sample by sample (inputs quantized as LiteRT does)."""
+    runner = ModelRunner(path)
+    interpreter = make_tflm_interpreter(runner.model.data, arena_size=arena_size)
+    out = []
+    for i in range(len(x)):
+        interpreter.set_input(runner.quantize_input(x[i : i + 1]), 0)
+        interpreter.invoke()
+        out.append(runner.dequantize_output(np.array(interpreter.get_output(0))))
+    return np.concatenate(out)
+
+
 def lsb_agreement(qat, path, x):
     """Fraction of output elements within 1 LSB on LiteRT and on TFLM, and the max LSB."""
     parsed = load_tflite(path)
@@ -89,14 +101,7 @@ def lsb_agreement(qat, path, x):
     keras_out = qat.predict(x, verbose=0)
     litert = ModelRunner(path).predict(x)
     lite_lsb = np.abs(litert - keras_out) / scale
-    interpreter = make_tflm_interpreter(parsed.data, arena_size=200_000)
-    runner = ModelRunner(path)
-    tflm = []
-    for i in range(len(x)):
-        interpreter.set_input(runner.quantize_input(x[i : i + 1]), 0)
-        interpreter.invoke()
-        tflm.append(runner.dequantize_output(np.array(interpreter.get_output(0))))
-    micro_lsb = np.abs(np.concatenate(tflm) - keras_out) / scale
+    micro_lsb = np.abs(tflm_predict(path, x, arena_size=200_000) - keras_out) / scale
     return (lite_lsb <= 1.001).mean(), (micro_lsb <= 1.001).mean(), float(max(lite_lsb.max(), micro_lsb.max()))
 
 
@@ -357,14 +362,7 @@ def exact_agreement(qat, path, x, arena_size=400_000):
     scale = parsed.outputs[0].quantization.scales[0]
     keras_out = qat.predict(x, verbose=0)
     ref = ModelRunner(path, reference_kernels=True).predict(x)
-    interpreter = make_tflm_interpreter(parsed.data, arena_size=arena_size)
-    runner = ModelRunner(path)
-    micro = []
-    for i in range(len(x)):
-        interpreter.set_input(runner.quantize_input(x[i : i + 1]), 0)
-        interpreter.invoke()
-        micro.append(runner.dequantize_output(np.array(interpreter.get_output(0))))
-    micro = np.concatenate(micro)
+    micro = tflm_predict(path, x, arena_size)
     return (np.abs(ref - keras_out) / scale < 0.5).mean(), (np.abs(micro - keras_out) / scale < 0.5).mean()
 
 
@@ -500,3 +498,67 @@ def test_add_then_relu_rounds_once_as_the_fused_int8_add(tmp_path):
     assert lite >= 0.99 and micro >= 0.99, (lite, micro, worst)
     ref, micro = exact_agreement(qat, path, x)
     assert micro >= 0.99, (ref, micro)
+
+
+def mobilenet_v3_block(seed=0):
+    """MobileNetV3's ops: hard swish, squeeze-and-excite with hard sigmoid (ReLU6(x + 3) / 6, a
+    Multiply), a residual Add, a pooling to 1x1 that the converter drops, a softmax head."""
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    inp = keras.Input((8, 8, 3))
+    h = layers.Activation("hard_swish")(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(inp)))
+    y = layers.ReLU()(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same")(h)))
+    s = layers.GlobalAveragePooling2D(keepdims=True)(y)
+    s = layers.Conv2D(8, 1, activation="relu")(s)
+    s = layers.ReLU(6.0)(layers.Conv2D(16, 1)(s) + 3.0) * (1.0 / 6.0)
+    y = layers.BatchNormalization()(layers.Conv2D(16, 1)(layers.Multiply()([y, s])))
+    h = layers.Add()([h, y])
+    h = layers.Activation("hard_swish")(layers.Conv2D(24, 3, strides=8, padding="same")(h))  # 1x1
+    h = layers.GlobalAveragePooling2D(keepdims=True)(h)  # over one position: dropped by the converter
+    h = layers.Flatten()(layers.Conv2D(10, 1)(h))
+    return keras.Model(inp, layers.Activation("softmax")(h))
+
+
+def efficientnet_block(seed=0):
+    """EfficientNet's ops: swish (LOGISTIC then MUL), squeeze-and-excite with a sigmoid gate, a
+    global average pooling (MEAN), a residual Add; a conv map out, many output levels."""
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    inp = keras.Input((8, 8, 3))
+    h = layers.Activation("swish")(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(inp)))
+    y = layers.Activation("swish")(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same")(h)))
+    s = layers.Reshape((1, 1, 16))(layers.GlobalAveragePooling2D()(y))
+    s = layers.Conv2D(4, 1, activation="swish")(s)
+    s = layers.Conv2D(16, 1, activation="sigmoid")(s)
+    y = layers.BatchNormalization()(layers.Conv2D(16, 1)(layers.Multiply()([y, s])))
+    return keras.Model(inp, layers.Conv2D(12, 3, padding="same")(layers.Add()([h, y])))
+
+
+@pytest.mark.parametrize("build", [mobilenet_v3_block, efficientnet_block])
+def test_mobilenet_v3_and_efficientnet_ops_are_the_int8_kernels(build, tmp_path):
+    # HARD_SWISH (int16 fixed point), ADD (inputs rescaled in 2^-20 fixed point, a ReLU6 fused),
+    # MUL, MEAN (a fixed-point 1 / count), LOGISTIC (gemmlowp's Q4.27 logistic) and SOFTMAX (gemmlowp's
+    # exp and reciprocal) are computed as their int8 kernels compute them (layers/int8_kernels.py);
+    # rounding their float results once on the output grid instead put 1-2 LSB errors in the first
+    # hard swish of MobileNetV3Small (26% of its outputs within 1 LSB on TFLM, now 100% exact)
+    qat, x = random_qat(build(), (8, 8, 3), seed=3)
+    x = x[:24]
+    path = tmp_path / "block.tflite"
+    to_tflite(qat, path, "int8")
+    parsed = load_tflite(path)
+    counts = parsed.op_counts()
+    kernels = {"HARD_SWISH", "ADD", "MUL", "SOFTMAX"} if build is mobilenet_v3_block else {"LOGISTIC", "MUL", "MEAN", "ADD"}
+    assert kernels <= set(counts), counts
+    if build is mobilenet_v3_block:
+        assert counts["MEAN"] == 1, counts  # the squeeze's; the pooling over one position is gone
+    scale = parsed.outputs[0].quantization.scales[0]
+    keras_out = np.asarray(qat(x, training=False))  # eager: no tracing of the large integer graph
+    ref = ModelRunner(path, reference_kernels=True).predict(x)
+    for label, out in (("LiteRT reference", ref), ("TFLM", tflm_predict(path, x))):
+        exact = (np.abs(out.reshape(keras_out.shape) - keras_out) / scale < 0.5).mean()
+        assert exact == 1.0, (label, exact)
+    # the operands are part of the saved graph: a reloaded model computes the kernels too
+    qat.save(tmp_path / "block.keras")
+    again = keras.saving.load_model(tmp_path / "block.keras")
+    np.testing.assert_array_equal(np.asarray(again(x, training=False)), keras_out)
+    assert sum(getattr(layer, "_kernel", None) is not None for layer in again.layers) >= 3

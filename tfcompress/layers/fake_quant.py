@@ -81,19 +81,16 @@ def _scale_and_zero(low, high):
 
 def _requantize_levels(acc, multiplier):
     """``acc M`` rounded as TFLite's fixed-point rescaling rounds it (float64 tensors, ``acc`` integer):
-    ``M = q 2^-31 2^-r`` (TFLite's ``QuantizeMultiplier``); gemmlowp's
-    ``SaturatingRoundingDoublingHighMul`` rounds ``acc M 2^r`` to an integer (half up), then
-    ``RoundingDivideByPOT`` divides by ``2^r`` rounding half away from zero."""
+    ``M = q 2^-31 2^shift`` (TFLite's ``QuantizeMultiplier``, ``q`` an int32); gemmlowp's
+    ``SaturatingRoundingDoublingHighMul`` rounds ``acc q 2^max(shift, 0) / 2^31`` to an integer
+    (half up), then ``RoundingDivideByPOT`` divides by ``2^max(-shift, 0)`` rounding half away from
+    zero (`tfcompress.layers.int8_kernels.requantize`, in int64: exact, where a float64 product
+    with the 53-bit ``M`` instead of the 31-bit ``q`` moves a value within ``acc 2^-32`` of a half)."""
     import tensorflow as tf
 
-    f64 = tf.float64
-    # M = m 2^e with m in [0.5, 1), read from the float64 bits (exact, also where log is approximated)
-    exponent = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.bitcast(multiplier, tf.int64), 52), 0x7FF)
-                       - 1022, f64)
-    pot = tf.pow(tf.constant(2.0, f64), tf.maximum(-exponent, 0.0))
-    high = tf.floor(acc * (multiplier * pot) + 0.5)
-    scaled = high / pot
-    return tf.sign(scaled) * tf.floor(tf.abs(scaled) + 0.5)
+    from tfcompress.layers import int8_kernels
+
+    return tf.cast(int8_kernels.requantize(tf.cast(acc, tf.int64), multiplier), tf.float64)
 
 
 def per_channel_levels(kernel):
@@ -178,16 +175,16 @@ class ActivationQuantizer(keras.layers.Layer):
         self.steps = self.add_weight(name="steps", shape=(), initializer="zeros", trainable=False, dtype="int64")
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, operands=None):
         import tensorflow as tf
 
         if self.fixed_range is not None:
             low, high = self.fixed_range
             if training:
                 self.steps.assign_add(1)
-                quantized = self._quantize(inputs, low, high)
+                quantized = self._quantize(inputs, low, high, operands)
                 return tf.where(tf.greater(self.steps, self.start_step), quantized, inputs)
-            return self._quantize(inputs, low, high)
+            return self._quantize(inputs, low, high, operands)
         if training:
             batch_min = tf.minimum(tf.reduce_min(inputs), 0.0)
             batch_max = tf.maximum(tf.reduce_max(inputs), 0.0)
@@ -198,12 +195,12 @@ class ActivationQuantizer(keras.layers.Layer):
             self.range_min.assign(new_min)
             self.range_max.assign(new_max)
             self.steps.assign_add(1)
-            quantized = self._quantize(inputs, new_min, new_max)
+            quantized = self._quantize(inputs, new_min, new_max, operands)
             active = tf.greater(self.steps, self.start_step)
             return tf.where(active, quantized, inputs)
-        return self._quantize(inputs, self.range_min, self.range_max)
+        return self._quantize(inputs, self.range_min, self.range_max, operands)
 
-    def _quantize(self, x, low, high):
+    def _quantize(self, x, low, high, operands=None):
         import tensorflow as tf
 
         # a degenerate range (never trained) would make the scale 0
@@ -220,8 +217,13 @@ class ActivationQuantizer(keras.layers.Layer):
         scale64, zero64 = _scale_and_zero(low, high)
         scale, zero = tf.cast(scale64, x.dtype), tf.cast(zero64, x.dtype)
         pooled = self._pooled_levels(x, scale64, zero64)
+        kernel = getattr(self, "_kernel", None)
         if pooled is not None:
             levels = tf.cast(pooled, x.dtype)
+        elif kernel is not None and operands is not None:
+            # the op that produced x, computed on its operands' int8 levels as its int8 kernel does
+            levels = tf.cast(tf.reshape(kernel.levels(operands, tf.cast(tf.cast(scale64, tf.float32), tf.float64),
+                                                      zero64), tf.shape(x)), x.dtype)
         else:
             levels = tf.clip_by_value(tf.round(tf.stop_gradient(x) / scale) + zero, -128.0, 127.0)
         exact = (levels - zero) * scale
@@ -229,9 +231,13 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def __call__(self, inputs, *args, **kwargs):
         # after an AveragePooling layer, the int8 file averages on the pool's input grid, then
-        # requantizes (see _pooled_levels): find that grid
+        # requantizes (see _pooled_levels): find that grid. After an op whose int8 kernel this
+        # quantizer computes (IntegerOp: ADD, MUL, MEAN, HARD_SWISH, LOGISTIC, SOFTMAX, swish),
+        # the op's inputs are passed along as ``operands`` (recorded in the graph, so a reloaded
+        # model passes them too)
         if isinstance(inputs, keras.KerasTensor) and type(self) is ActivationQuantizer:
             object.__setattr__(self, "_pool", None)  # a link past Keras' tracking, as QuantizedLayer's
+            object.__setattr__(self, "_kernel", None)
             history = getattr(inputs, "_keras_history", None)
             layer = history[0] if history is not None else None
             if isinstance(layer, keras.layers.AveragePooling1D | keras.layers.AveragePooling2D) \
@@ -240,7 +246,15 @@ class ActivationQuantizer(keras.layers.Layer):
                 quantizer = upstream_quantizer(source)
                 if quantizer is not None:
                     object.__setattr__(self, "_pool", (int(np.prod(layer.pool_size)), quantizer))
+            found = IntegerOp.of(inputs, fixed=self.fixed_range is not None)
+            if found is not None:
+                kernel, operands = found
+                object.__setattr__(self, "_kernel", kernel)
+                kwargs.setdefault("operands", operands)
         return super().__call__(inputs, *args, **kwargs)
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        return keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
 
     def _pooled_levels(self, x, scale64, zero64):
         """The int8 levels of an average pool's output as TFLite computes them, or None.
@@ -373,10 +387,30 @@ class SharedRangeQuantizer(ActivationQuantizer):
         return {**super().get_config(), "members": self.members}
 
 
+def averages_one_value(layer, input_shape) -> bool:
+    """A global average pooling (or ``ops.mean``, average pooling of size 1) that averages a single
+    value: an identity, which the converter drops together with the fake-quant after it (MobileNetV3's
+    squeeze-and-excite and head pooling on a 1x1 map). ``input_shape``: the layer's input shape."""
+    shape = tuple(input_shape)
+    if isinstance(layer, keras.layers.GlobalAveragePooling1D | keras.layers.GlobalAveragePooling2D):
+        if layer.data_format != "channels_last":
+            return False
+        axes = (1,) if isinstance(layer, keras.layers.GlobalAveragePooling1D) else (1, 2)
+    elif type(layer).__name__ == "Mean" and not isinstance(layer, keras.layers.Layer) and getattr(layer, "axis", None):
+        axes = tuple(int(a) % len(shape) for a in keras.tree.flatten(layer.axis))
+    elif isinstance(layer, keras.layers.AveragePooling1D | keras.layers.AveragePooling2D):
+        return all(int(p) == 1 for p in keras.tree.flatten(layer.pool_size)) and \
+            all(int(p) == 1 for p in keras.tree.flatten(layer.strides))
+    else:
+        return False
+    return all(shape[a] == 1 for a in axes)
+
+
 def upstream_quantizer(tensor) -> ActivationQuantizer | None:
     """The quantizer whose int8 grid a symbolic tensor is on: its producer if that is a quantizer
     (or a `QuantizedLayer` with its own output quantizer), followed back through layers whose int8
-    op keeps the scale (QAT role ``"pass"``: pooling by max, Flatten, Reshape, padding, Dropout)."""
+    op keeps the scale (QAT role ``"pass"``: pooling by max, Flatten, Reshape, padding, Dropout; a
+    mean over one position, `averages_one_value`)."""
     for _ in range(10_000):
         history = getattr(tensor, "_keras_history", None)
         if history is None:
@@ -386,13 +420,171 @@ def upstream_quantizer(tensor) -> ActivationQuantizer | None:
             return layer.output_quantizer
         if isinstance(layer, ActivationQuantizer):
             return layer
-        if isinstance(layer, keras.layers.InputLayer) or handler_for(layer).qat != "pass":
+        if isinstance(layer, keras.layers.InputLayer):
             return None
         inputs = keras.tree.flatten(layer._inbound_nodes[node_index].input_tensors)
         if len(inputs) != 1:
             return None
+        if handler_for(layer).qat != "pass" and not averages_one_value(layer, inputs[0].shape):
+            return None
         tensor = inputs[0]
     return None
+
+
+_ACTIVATION_KERNELS = {"hard_silu": "hard_swish", "hard_swish": "hard_swish", "sigmoid": "logistic",
+                       "silu": "swish", "swish": "swish", "softmax": "softmax"}
+# kernels whose int8 output range TFLite fixes (scale 1/256, zero point -128)
+_FIXED_OUTPUT = {"logistic", "softmax"}
+
+
+def fused_relu(layer) -> str | None:
+    """"relu" / "relu6" for a ReLU layer (or ReLU / ReLU6 activation) that TFLite fuses into the op
+    before it, else None."""
+    if isinstance(layer, keras.layers.ReLU):
+        if layer.negative_slope == 0 and layer.threshold == 0:
+            if layer.max_value is None:
+                return "relu"
+            if float(layer.max_value) == 6.0:
+                return "relu6"
+        return None
+    if isinstance(layer, keras.layers.Activation):
+        name = getattr(layer.activation, "__name__", None)
+        return name if name in ("relu", "relu6") else None
+    return None
+
+
+def _producer(tensor):
+    """(operation, node) that produced a symbolic tensor, or None."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    return history[0], history[0]._inbound_nodes[history[1]]
+
+
+class IntegerOp:
+    """An int8 op between quantized tensors, computed as its TFLite kernel computes it
+    (`tfcompress.layers.int8_kernels`).
+
+    :meth:`of` finds it from the graph that produced a quantizer's input: a standalone activation
+    (hard swish -> HARD_SWISH, sigmoid -> LOGISTIC, swish -> LOGISTIC then MUL, softmax ->
+    SOFTMAX), an Add / Multiply of two tensors or of a tensor and a Python constant (ADD / MUL,
+    with a ReLU / ReLU6 that follows the Add fused, as the converter fuses it), or a global
+    average pooling / ``ops.mean`` (MEAN). Its operands are the op's inputs, each on the int8 grid
+    of its upstream quantizer; a constant is stored by the converter as an int8 tensor on the
+    range ``[min(0, c), max(0, c)]``, which represents ``c`` exactly.
+    """
+
+    def __init__(self, kind: str, sources: list, constants: list, activation: str | None = None,
+                 axes: tuple[int, ...] = (), count: int = 1):
+        self.kind, self.sources, self.constants = kind, sources, constants
+        self.activation, self.axes, self.count = activation, axes, count
+
+    @classmethod
+    def of(cls, tensor, fixed: bool = False) -> tuple[IntegerOp, list] | None:
+        """(the op, its tensor operands) when ``tensor`` is the output of an op computed here, else None."""
+        found = _producer(tensor)
+        if found is None:
+            return None
+        op, node = found
+        activation = fused_relu(op)
+        if activation is not None:
+            inner = keras.tree.flatten(node.input_tensors)
+            found = _producer(inner[0]) if len(inner) == 1 else None
+            if found is None or type(found[0]).__name__ != "Add":
+                return None
+            op, node = found
+        args = list(node.arguments.args)
+        kind, values, axes, count = None, [], (), 1
+        if isinstance(op, keras.layers.Activation):
+            kind = _ACTIVATION_KERNELS.get(getattr(op.activation, "__name__", None))
+            values = args[:1]
+        elif isinstance(op, keras.layers.Softmax) and op.axis in (-1, len(args[0].shape) - 1):
+            kind, values = "softmax", args[:1]
+        elif type(op).__name__ in ("Add", "Multiply"):
+            values = list(args[0]) if isinstance(op, keras.layers.Layer) else args[:2]
+            kind = "add" if type(op).__name__ == "Add" else "mul"
+        elif isinstance(op, keras.layers.GlobalAveragePooling1D | keras.layers.GlobalAveragePooling2D) \
+                and op.data_format == "channels_last":
+            kind, values = "mean", args[:1]
+            axes = (1,) if isinstance(op, keras.layers.GlobalAveragePooling1D) else (1, 2)
+        elif type(op).__name__ == "Mean" and not isinstance(op, keras.layers.Layer) and getattr(op, "axis", None):
+            kind, values = "mean", args[:1]
+            axes = tuple(int(a) % len(args[0].shape) for a in keras.tree.flatten(op.axis))
+        if kind is None or (kind in _FIXED_OUTPUT) != fixed or (kind in ("add", "mul") and len(values) != 2):
+            return None
+        if activation is not None and kind != "add":
+            return None
+        sources, constants, operands = [], [], []
+        for value in values:
+            if isinstance(value, keras.KerasTensor):
+                quantizer = upstream_quantizer(value)
+                if quantizer is None:
+                    return None
+                sources.append(quantizer)
+                constants.append(None)
+                operands.append(value)
+            elif isinstance(value, int | float | np.floating | np.integer) and float(value) != 0.0:
+                sources.append(None)
+                constants.append(float(value))
+            else:
+                return None
+        if not operands:
+            return None
+        if kind == "mean":
+            shape = operands[0].shape
+            if any(shape[a] is None for a in axes):
+                return None
+            count = int(np.prod([shape[a] for a in axes]))
+        return cls(kind, sources, constants, activation, axes, count), operands
+
+    def levels(self, operands, scale, zero):
+        """The op's int8 output levels (float64) from its operands' values, on the output grid
+        (``scale``: the stored float32 scale, ``zero``: the zero point, float64 tensors)."""
+        import tensorflow as tf
+
+        from tfcompress.layers import int8_kernels as k
+
+        f64 = tf.float64
+        q, s, z = [], [], []
+        values = iter(keras.tree.flatten(operands))
+        for source, constant in zip(self.sources, self.constants, strict=True):
+            if source is None:
+                low, high = min(0.0, constant), max(0.0, constant)
+                scale_c, zero_c = _scale_and_zero(tf.constant(low, tf.float32), tf.constant(high, tf.float32))
+                scale_c = tf.cast(tf.cast(scale_c, tf.float32), f64)
+                ratio = tf.constant(constant, f64) / scale_c
+                level = tf.clip_by_value(tf.sign(ratio) * tf.floor(tf.abs(ratio) + 0.5) + zero_c, -128.0, 127.0)
+            else:
+                scale_c, zero_c = source.file_scale(), source.file_zero_point()
+                value = tf.cast(tf.stop_gradient(next(values)), f64)
+                level = tf.clip_by_value(tf.round(value / scale_c) + zero_c, -128.0, 127.0)
+            q.append(tf.cast(level, tf.int64))
+            s.append(scale_c)
+            z.append(tf.cast(zero_c, tf.int64))
+        zero_i = tf.cast(zero, tf.int64)
+        kind = self.kind
+        if kind == "hard_swish":
+            out = k.lookup(k.hard_swish_table(s[0], z[0], scale, zero_i), q[0])
+        elif kind == "logistic":
+            out = k.lookup(k.logistic_table(s[0], z[0]), q[0])
+        elif kind == "swish":  # LOGISTIC (scale 1/256, zero point -128), then MUL by the input
+            sigmoid = k.lookup(k.logistic_table(s[0], z[0]), q[0])
+            out = k.mul(q[0], z[0], s[0], sigmoid, -128, tf.constant(1 / 256, f64), scale, zero_i)
+        elif kind == "softmax":
+            out = k.softmax(q[0], s[0])
+        elif kind == "mean":
+            total = tf.reduce_sum(q[0], axis=self.axes, keepdims=True)
+            out = k.mean(total, self.count, z[0], s[0], scale, zero_i)
+        else:
+            low, high = tf.constant(-128, tf.int64), tf.constant(127, tf.int64)
+            if self.activation is not None:  # CalculateActivationRangeQuantized
+                low = tf.maximum(low, zero_i)
+            if self.activation == "relu6":
+                six = tf.constant(6.0, tf.float32) / tf.cast(scale, tf.float32)
+                high = tf.minimum(high, zero_i + tf.cast(tf.sign(six) * tf.floor(tf.abs(six) + 0.5), tf.int64))
+            fn = k.add if kind == "add" else k.mul
+            out = fn(q[0], z[0], s[0], q[1], z[1], s[1], scale, zero_i, low, high)
+        return tf.cast(out, f64)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")

@@ -24,11 +24,16 @@ kernel with the same per-channel formula, and takes every activation's scale fro
 ranges. The int8 model then computes what the QAT model computes. The QAT forward pass rounds as
 the int8 reference kernels (TFLite Micro's) do: weights rounded in float64 with ties away from
 zero, biases on the int32 grid ``s_in s_w``, the accumulator rescaled with gemmlowp's double
-rounding, average pools averaged on their input's grid and then requantized, an Add's fused ReLU
-rounded once, inputs rounded as the runtime quantizes them; the float path gives the gradient
-(straight-through). Deep random-weight networks (MobileNetV1 / V2, ResNet8, DS-CNN) then export
-bit-exact on TFLM and LiteRT's reference kernels; LiteRT's default XNNPACK kernels requantize in
-float32 with a single rounding and can differ (``benchmarks/qat_diff.py``).
+rounding (in int64: exact), average pools averaged on their input's grid and then requantized,
+inputs rounded as the runtime quantizes them, and the ops between quantizers computed on their
+operands' int8 levels as their kernels compute them (`tfcompress.layers.int8_kernels`: ADD with
+its fused ReLU, MUL, MEAN, HARD_SWISH, LOGISTIC, swish as LOGISTIC then MUL, SOFTMAX); a mean over
+one position has no quantizer (the converter drops it). The float path gives the gradient
+(straight-through). Deep random-weight networks (MobileNetV1 / V2 / V3Small, EfficientNetB0,
+ResNet8, DS-CNN) then export bit-exact on TFLM and LiteRT's reference kernels. LiteRT's builtin
+kernels and its default XNNPACK delegate compute some ops differently (XNNPACK's convolutions
+requantize once in float32), so no QAT model can be exact on them too (``benchmarks/qat_diff.py``,
+RESULTS.md).
 
 Ranges TFLite requires to be equal are shared: int8 CONCATENATION, MAXIMUM and MINIMUM need
 their inputs and output on one scale and zero point (TFLite 8-bit quantization specification,
@@ -72,9 +77,11 @@ from tfcompress.layers.fake_quant import (
     ActivationQuantizer,
     QuantizedLayer,
     SharedRangeQuantizer,
+    averages_one_value,
     export_mode,
     exporting,
     fake_quant_per_channel,
+    fused_relu,
 )
 from tfcompress.report import attach, check_verbose
 
@@ -98,12 +105,7 @@ def _fused_activation(layer) -> str | None:
     if handler_for(layer).qat != "activation":
         return None
     if isinstance(layer, keras.layers.ReLU):
-        if layer.negative_slope == 0 and layer.threshold == 0:
-            if layer.max_value is None:
-                return "relu"
-            if float(layer.max_value) == 6.0:
-                return "relu6"
-        return None
+        return fused_relu(layer)
     if isinstance(layer, keras.layers.Activation):
         name = getattr(layer.activation, "__name__", None)
         return name if name in FUSABLE_ACTIVATIONS else None
@@ -143,7 +145,7 @@ def quantize(model, *, skip_layers: tuple[str, ...] | list[str] = (), start_step
     if unknown:
         raise TfcompressError(f"skip_layers names unknown layers {unknown}", "skip_layers", f"layers are {sorted(names)}")
     skip = set(skip_layers)
-    roles = {id(node): _role(node, skip) for node in graph.nodes}
+    roles = {id(node): _role(node, skip, graph) for node in graph.nodes}
     absorbed: dict[int, int] = {}  # absorbed node output -> the tensor id that replaces it
     plans: dict[int, dict] = {}
     for node in graph.nodes:
@@ -279,9 +281,13 @@ def _swap_qat_equivalents(model):
                    if id(node) in equivalents else None)
 
 
-def _role(node, skip: set[str]) -> str:
-    """The node's QAT role from its handler (``tfcompress.core.registry.QAT_ROLES``)."""
+def _role(node, skip: set[str], graph) -> str:
+    """The node's QAT role from its handler (``tfcompress.core.registry.QAT_ROLES``); a mean over
+    one position is ``"pass"`` (the converter drops the MEAN and its fake-quant: the next op reads
+    its input's int8 tensor)."""
     handler = handler_for(node.op)
+    if len(node.inputs) == 1 and averages_one_value(node.op, graph.shape(node.inputs[0])):
+        return "pass"
     if not handler.known and node.name not in skip:
         raise UnknownLayerError(node.op, "quantize", "QAT needs to know how TFLite computes it")
     if handler.qat == "refuse" and node.name not in skip:
