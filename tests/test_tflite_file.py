@@ -382,6 +382,20 @@ def test_issue_case_is_one_clear_error_everywhere(tiny, tmp_path, capsys, base, 
     assert not (tmp_path / "m").exists()
 
 
+def test_builtin_codes_written_without_the_deprecated_code_work(tiny, tmp_path, capsys):
+    """A writer that sets only builtin_code (deprecated_builtin_code left at 0): the interpreters
+    read max(builtin, deprecated), so the file is valid and runs everywhere."""
+    def only_new_codes(m):
+        for code in m.operatorCodes:
+            code.deprecatedBuiltinCode = 0
+
+    path = tmp_path / "codes.tflite"
+    path.write_bytes(_edit(tiny["conv_int8"], only_new_codes))
+    assert load_tflite(path).op_counts() == {"CONV_2D": 1, "RESHAPE": 1, "FULLY_CONNECTED": 1, "SOFTMAX": 1}
+    assert cli_main(["micro", str(path), "-o", str(tmp_path / "m"), "--quiet", "--in-process"]) == 0
+    assert "IDENTICAL" in capsys.readouterr().out
+
+
 def _raw_sites(data: bytes):
     return fuzzing.edit_sites(data)
 

@@ -19,7 +19,8 @@ each with the interpreter behaviour that makes it necessary:
   string tensors with consistent offsets;
 - ``quantization``: scales finite and > 0, zero points inside the type's range, per-channel
   arrays as long as their dimension (the kernels divide by scales and index by channel);
-- ``op codes``: known builtin codes, the deprecated 8-bit code consistent with the 32-bit one;
+- ``op codes``: known builtin codes, the deprecated 8-bit code consistent with the 32-bit one
+  (equal below 127, 127 above, or left at 0);
 - ``ops``: input / output counts, the options table the op reads (a missing one means zeros:
   stride 0, Softmax beta 0), options inside their documented domains (strides and filter sizes
   >= 1, Softmax beta > 0, known enum values, finite floats) and, for the common ops of CNNs and
@@ -239,7 +240,8 @@ class _Checker:
             b, d = int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0)
             if b < 0 or d < 0:
                 raise self.fail(f"operator code {c} has a negative builtin code ({b}, deprecated {d})")
-            if d < _PLACEHOLDER_FOR_GREATER_OP_CODES and b not in (0, d):
+            # GetBuiltinCode reads max(builtin, deprecated): a writer may leave either at its default 0
+            if 0 < d < _PLACEHOLDER_FOR_GREATER_OP_CODES and b not in (0, d):
                 raise self.fail(f"operator code {c} has builtin code {b} but deprecated builtin code {d}; "
                                 "they must agree below 127")
             if d == _PLACEHOLDER_FOR_GREATER_OP_CODES and b < _PLACEHOLDER_FOR_GREATER_OP_CODES:
