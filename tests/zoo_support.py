@@ -9,6 +9,7 @@ README's test command) runs them side by side; select both with ``pytest -m zoo`
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import tfcompress
 from tfcompress import bayesian
@@ -119,3 +120,32 @@ def bayesian_prune_to_and_shrink(name):
     small, report = tfcompress.shrink(plain, return_report=True)
     same(small, plain, x[:4])
     assert report.macs_ratio > 1.2
+
+
+def tests_for(nets: list[str]) -> dict:
+    """The zoo's test functions for ``nets`` (a test file puts them in its globals for pytest)."""
+    light = [n for n in nets if n not in HEAVY]
+
+    @pytest.mark.parametrize("name", light)
+    def test_ptq_int8_micro_and_edgetpu(name, tmp_path):
+        ptq_int8_micro_and_edgetpu(name, tmp_path)
+
+    @pytest.mark.parametrize("name", nets)
+    def test_channel_pruning_and_shrink_are_exact(name, tmp_path):
+        channel_pruning_and_shrink_are_exact(name, tmp_path)
+
+    @pytest.mark.parametrize("name", light)
+    def test_two_four_pruning_exports_to_int8(name, tmp_path):
+        two_four_pruning_exports_to_int8(name, tmp_path)
+
+    @pytest.mark.parametrize("name", light)
+    def test_qat_with_the_nets_own_head(name, tmp_path):
+        qat_with_the_nets_own_head(name, tmp_path)
+
+    @pytest.mark.parametrize("name", light)
+    def test_bayesian_prune_to_and_shrink(name):
+        bayesian_prune_to_and_shrink(name)
+
+    tests = (test_ptq_int8_micro_and_edgetpu, test_channel_pruning_and_shrink_are_exact,
+             test_two_four_pruning_exports_to_int8, test_qat_with_the_nets_own_head, test_bayesian_prune_to_and_shrink)
+    return {t.__name__: t for t in tests}
