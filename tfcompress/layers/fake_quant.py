@@ -182,7 +182,7 @@ class ActivationQuantizer(keras.layers.Layer):
             low, high = self.fixed_range
             if training:
                 self.steps.assign_add(1)
-                quantized = self._quantize(inputs, low, high, operands)
+                quantized = self._quantize(inputs, low, high, operands, training=True)
                 return tf.where(tf.greater(self.steps, self.start_step), quantized, inputs)
             return self._quantize(inputs, low, high, operands)
         if training:
@@ -195,19 +195,18 @@ class ActivationQuantizer(keras.layers.Layer):
             self.range_min.assign(new_min)
             self.range_max.assign(new_max)
             self.steps.assign_add(1)
-            quantized = self._quantize(inputs, new_min, new_max, operands)
+            quantized = self._quantize(inputs, new_min, new_max, operands, training=True)
             active = tf.greater(self.steps, self.start_step)
             return tf.where(active, quantized, inputs)
         return self._quantize(inputs, self.range_min, self.range_max, operands)
 
-    def _quantize(self, x, low, high, operands=None):
+    def _quantize(self, x, low, high, operands=None, training=None):
         import tensorflow as tf
 
         # a degenerate range (never trained) would make the scale 0
         high = tf.maximum(high, low + 1e-6)
-        simulated = tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8, narrow_range=False)
         if exporting():  # the converter reads its scale and zero point from the TF op
-            return simulated
+            return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8, narrow_range=False)
         # the forward value on the int8 file's grid, rounded as TFLite quantizes a float tensor
         # (the converter's scale and zero point from the float64 range, stored as float32;
         # round(x / scale) + zero point in float32, ties to even as NumPy and the QUANTIZE op of
@@ -227,6 +226,9 @@ class ActivationQuantizer(keras.layers.Layer):
         else:
             levels = tf.clip_by_value(tf.round(tf.stop_gradient(x) / scale) + zero, -128.0, 127.0)
         exact = (levels - zero) * scale
+        if not training:  # inference: the levels alone (the TF op only carries the gradient)
+            return exact
+        simulated = tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8, narrow_range=False)
         return simulated + tf.stop_gradient(exact - simulated)
 
     def __call__(self, inputs, *args, **kwargs):
@@ -369,7 +371,7 @@ class SharedRangeQuantizer(ActivationQuantizer):
         self.range_min.assign(new_min)
         self.range_max.assign(new_max)
         self.steps.assign(self.steps + tf.cast(one_hot, "int64"))
-        quantized = self._quantize(inputs, tf.reduce_min(new_min), tf.reduce_max(new_max))
+        quantized = self._quantize(inputs, tf.reduce_min(new_min), tf.reduce_max(new_max), training=True)
         return tf.where(tf.greater(steps + 1, self.start_step), quantized, inputs)
 
     def range_tensors(self):
@@ -802,10 +804,11 @@ class QuantizedLayer(keras.layers.Wrapper):
         if training:
             self.steps.assign_add(1)
         kernel, bias = self.folded_kernel_and_bias()
-        quantized = self._quantized_kernel(kernel, training)
-        out = self._apply(inputs, quantized) + bias
-        if not (training and self.start_step > 0):
-            exact = self._integer_output(inputs, kernel, bias)
+        exact = None if training and self.start_step > 0 else self._integer_output(inputs, kernel, bias)
+        if exact is not None and not training:
+            out = exact  # inference: the integer kernel alone (the float path only carries the gradient)
+        else:
+            out = self._apply(inputs, self._quantized_kernel(kernel, training)) + bias
             if exact is not None:
                 out = out + tf.stop_gradient(exact - out)
         if self.activation == "relu":

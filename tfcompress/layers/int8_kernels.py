@@ -47,6 +47,13 @@ def _i64(x):
     return tf.cast(x, _I64)
 
 
+def _kernel(fn):
+    """A kernel as one graph function: traced once per argument signature (scalars of any value,
+    shapes generalized) and left as a call in the graphs that use it, so a QAT model with a hundred
+    quantizers traces and optimizes each kernel once, not a hundred times."""
+    return tf.function(fn, reduce_retracing=True, autograph=False, experimental_attributes={"_noinline": True})
+
+
 def _pow2(exponent):
     """2^exponent as float64, exact (built from the exponent bits), for integer tensors in [-1022, 1023]."""
     return tf.bitcast(tf.bitwise.left_shift(_i64(exponent) + 1023, tf.constant(52, _I64)), _F64)
@@ -126,6 +133,7 @@ def multiply_by_quantized_multiplier(x, q, shift):
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(_shift_left(_i64(x), left), q), right)
 
 
+@_kernel
 def requantize(acc, real_multiplier):
     """``acc M`` as the int8 kernels round it: ``(q, shift) = quantize_multiplier(M)``, then
     `multiply_by_quantized_multiplier` (the output stage of CONV_2D, DEPTHWISE_CONV_2D,
@@ -143,6 +151,7 @@ def _stoe(x, q, shift):
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, q), -_i64(shift))
 
 
+@_kernel
 def add(q1, z1, s1, q2, z2, s2, s_out, z_out, act_min=-128, act_max=127):
     """int8 ADD (``reference_integer_ops::Add``, ``BroadcastAdd6DSlow``; TFLM's ADD).
 
@@ -162,6 +171,7 @@ def add(q1, z1, s1, q2, z2, s2, s_out, z_out, act_min=-128, act_max=127):
     return _clamp(_stoe(total, mo, eo) + _i64(z_out), act_min, act_max)
 
 
+@_kernel
 def mul(q1, z1, s1, q2, z2, s2, s_out, z_out, act_min=-128, act_max=127, float32_multiplier: bool = False):
     """int8 MUL (``reference_integer_ops::MulElementwise`` / ``BroadcastMul6DSlow``):
     ``(q1 - z1)(q2 - z2)`` rescaled by ``s1 s2 / s_out`` plus ``z_out``, clamped.
@@ -179,6 +189,7 @@ def mul(q1, z1, s1, q2, z2, s2, s_out, z_out, act_min=-128, act_max=127, float32
     return _clamp(requantize(product, real) + _i64(z_out), act_min, act_max)
 
 
+@_kernel
 def mean(total, count: int, z_in, s_in, s_out, z_out):
     """int8 MEAN (``reference_ops::QuantizedMeanOrSum``, LiteRT's reference kernel and TFLM's).
 
@@ -210,6 +221,7 @@ def _downscale_to_int16(q):
                     tf.bitwise.right_shift(q + (1 << 15), tf.constant(16, _I64)))
 
 
+@_kernel
 def hard_swish_table(s_in, z_in, s_out, z_out):
     """The 256 outputs of int8 HARD_SWISH (``reference_ops::HardSwish``, TFLM's too) for the
     input levels -128..127: int16 fixed point, the multipliers ``(s_in / 128) / s_out`` and
@@ -281,6 +293,7 @@ def _one_over_one_plus_x(a):
     return _saturating_shift_left(x, 1)
 
 
+@_kernel
 def logistic_table(s_in, z_in):
     """The 256 outputs of TFLM's int8 LOGISTIC (``reference_integer_ops::Logistic``: gemmlowp's
     fixed-point logistic on a Q4.27 input), output scale 1/256, zero point -128."""
@@ -310,6 +323,7 @@ def logistic_table_float(s_in, z_in):
     return _clamp(_i64(rounded) - 128, -128, 127)
 
 
+@_kernel
 def softmax(levels, s_in, beta: float = 1.0):
     """int8 SOFTMAX over the last axis (``reference_ops::Softmax``, LiteRT's reference kernel and
     TFLM's): differences to the row maximum scaled to Q5.26 by ``beta s_in``, gemmlowp's
