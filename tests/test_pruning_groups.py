@@ -119,6 +119,20 @@ def test_global_scope_floors_and_multiples():
         assert kept % 8 == 0 or kept == g.channels, (g, kept)
 
 
+def test_update_masks_keeps_channel_multiples_and_shrink_removes_the_rest():
+    # update_masks(channel_multiple=8): a 12-channel group at 50% keeps 8 (not 6), a 16-channel one 8;
+    # XNNPACK pads channel counts to its tile, so the kept widths are the ones it runs fastest
+    model = identity_resnet()
+    pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+    update_masks(pruned, 0, channel_multiple=8)
+    groups = [g for g in channel_groups(pruned) if g.prunable]
+    assert groups and all((g.channels - g.pruned) % 8 == 0 for g in groups), groups
+    small = tfcompress.shrink(pruned)
+    assert [small.get_layer(n).filters for n in ("stem", "b1_a", "b2_a")] == [8, 8, 8]
+    update_masks(pruned, 0)  # without the multiple: half of each
+    assert tfcompress.shrink(pruned).get_layer("b1_a").filters == 6
+
+
 def test_groups_tied_to_outputs_or_unpruned_layers_stay_whole():
     keras.utils.set_random_seed(0)
     x = keras.Input((8, 8, 3))

@@ -420,14 +420,17 @@ def _global_masks(wrappers: list[PruneLowMagnitude], sparsity: float, nested: bo
     return masks
 
 
-def update_masks(model, step: int, force_sparsity: float | None = None, *, nested: bool = False) -> dict[str, float]:
+def update_masks(model, step: int, force_sparsity: float | None = None, *, nested: bool = False,
+                 channel_multiple: int = 1) -> dict[str, float]:
     """Apply every wrapper's schedule at ``step``: recompute masks where it says so.
 
     Returns the sparsity each updated layer now has. Runs eagerly (cross-replica under a
     distribution strategy); also zeroes the pruned kernel entries so they are really 0.
     With ``nested=True`` what is pruned now stays pruned (the new masks are subsets of the old
     ones, as in iterative pruning) whatever the criterion's scores, provided the sparsity does
-    not decrease (N:M masks are recomputed as usual).
+    not decrease (N:M masks are recomputed as usual). ``channel_multiple``: channel pruning keeps
+    a multiple of this many channels in every dependency group (rounded up; SIMD kernels pad
+    channel counts to their tile, e.g. XNNPACK's 8 or 16).
     """
     wrappers = pruning_wrappers(model)
     updated: dict[str, float] = {}
@@ -460,7 +463,7 @@ def update_masks(model, step: int, force_sparsity: float | None = None, *, neste
         return flows[0]
 
     if channel:
-        new_masks += _channel_masks(model, channel, nested, flow())
+        new_masks += _channel_masks(model, channel, nested, flow(), channel_multiple)
     for w, mask in new_masks:
         w.mask.assign(mask.astype(w.mask.dtype))
         kernel = w.kernel_variable
@@ -472,7 +475,8 @@ def update_masks(model, step: int, force_sparsity: float | None = None, *, neste
     return updated
 
 
-def _channel_masks(model, due: list[tuple[PruneLowMagnitude, float]], nested: bool, flow) -> list:
+def _channel_masks(model, due: list[tuple[PruneLowMagnitude, float]], nested: bool, flow,
+                   channel_multiple: int = 1) -> list:
     """Channel masks chosen per dependency group (``tfcompress.pruning.groups``): coupled
     channels (depthwise, residual, squeeze-and-excitation, concatenation) are scored and cut as
     one, so the schedule's sparsity is what ``shrink`` removes. Wrappers that share a schedule
@@ -484,7 +488,7 @@ def _channel_masks(model, due: list[tuple[PruneLowMagnitude, float]], nested: bo
         settings.setdefault((round(float(sparsity), 12), w.scope, floor), []).append(w)
     for (sparsity, scope, floor), wrappers in settings.items():
         masks = group_channel_masks(model, wrappers, sparsity, scope=scope, nested=nested,
-                                    min_keep_fraction=floor, flow=flow)
+                                    min_keep_fraction=floor, channel_multiple=channel_multiple, flow=flow)
         out += [(w, channel_to_kernel(w, masks[w.name])) for w in wrappers]
     return out
 
