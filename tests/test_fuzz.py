@@ -180,3 +180,34 @@ def test_cli_runs_interpreters_in_a_child_by_default(tiny, tmp_path, capsys):
     (tmp_path / "bad.tflite").write_bytes(_filter_absent(tiny["conv_int8"]))
     assert cli_main(["bench", str(tmp_path / "bad.tflite"), "--runs", "2"]) == 1
     assert re.search(r"CONV_2D#0 input 1 is -1", capsys.readouterr().err)
+
+
+def test_dynamic_batch_files_load_and_tflm_refuses_placeholder_shapes(tmp_path):
+    # The converter stores 1 for each -1 of a dynamic batch, so a Dense on a 3-D input has a
+    # RESHAPE whose stored shapes hold different counts: the file is valid (LiteRT recomputes
+    # the shapes on resize). TFLM cannot resize: a file with any dynamic tensor is refused.
+    import flatbuffers
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tfcompress.export import to_micro, to_tflite
+
+    model = keras.Sequential([keras.Input((5, 6)), keras.layers.Dense(7)])
+    path = tmp_path / "dynamic.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    assert any(t.dynamic_dims for t in load_tflite(path).tensors[0])
+
+    static = tmp_path / "static.tflite"
+    to_tflite(keras.Sequential([keras.Input((6,)), keras.layers.Dense(7)]), static, "int8",
+              representative_data=np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32))
+    tree = schema.ModelT.InitFromPackedBuf(bytearray(static.read_bytes()), 0)
+    output = tree.subgraphs[0].tensors[tree.subgraphs[0].outputs[0]]
+    output.shapeSignature = np.array([-1, 7], dtype=np.int32)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    marked = tmp_path / "marked.tflite"
+    marked.write_bytes(bytes(builder.Output()))
+    with pytest.raises(MicroError, match="dynamic dimensions"):
+        to_micro(marked, tmp_path / "micro")
+    assert not (tmp_path / "micro").exists()

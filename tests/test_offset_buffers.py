@@ -75,7 +75,7 @@ def test_load_tflite_reports_buffers_stored_by_offset(files):
     assert summary["offset_buffers"] == 3 and summary["offset_buffer_bytes"] == sum(moved.values())
     stored = offset_buffers(model)
     assert [b.index for b in stored] == sorted(moved) and all(b.offset % 16 == 0 for b in stored)
-    assert any("dense_as_conv" in name for b in stored for name in b.tensors)
+    assert any("_as_conv" in name for b in stored for name in b.tensors)  # layer names vary with test order
     assert model.weight_stats() == inside.weight_stats()
     # LiteRT reads the data where the offsets say: the same int8 outputs
     np.testing.assert_array_equal(_ref_outputs(root / "offset.tflite", x), _ref_outputs(root / "inside.tflite", x))

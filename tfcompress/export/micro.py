@@ -493,6 +493,15 @@ def _numpy_dtype(t: TensorInfo):
 
 def _generous_interpreter(model: TFLiteModel, preserve_all_tensors: bool = False):
     """A TFLM interpreter with an arena large enough, found by doubling from an upper estimate."""
+    # TFLM cannot resize: it would run on the placeholder sizes a dynamic signature stands for,
+    # which the file verifier leaves unchecked (the ops' shapes need not agree).
+    dynamic = next((t for tensors in model.tensors for t in tensors if t.dynamic_dims), None)
+    if dynamic is not None:
+        raise MicroError(
+            f"tensor {dynamic.name!r} has dynamic dimensions {list(dynamic.shape_signature)}; TFLM needs static shapes",
+            model.path or "<bytes>",
+            "export with a fixed batch size (to_tflite(..., batch_size=1))",
+        )
     activations = _activation_bytes(model)
     if activations > _MAX_ARENA // 2:
         raise MicroError(

@@ -214,6 +214,7 @@ class _Tensor:
     zero_points: tuple[int, ...]
     quantized_dimension: int
     sparse: bool
+    dynamic: bool = False  # some dimension is -1 in the shape signature: its stored size is a placeholder
 
 
 class _Checker:
@@ -314,8 +315,9 @@ class _Checker:
                     raise self.fail(f"{where} is a variable with constant data")
                 self.check_data(where, t, dtype, shape, raw)
             scales, zps, qdim = self.quantization(where, t, dtype, shape)
+            dynamic = signature is not None and any(int(g) == -1 for g in signature)
             out.append(_Tensor(i, name, dtype, shape, constant, bool(t.isVariable), scales, zps, qdim,
-                               t.sparsity is not None))
+                               t.sparsity is not None, dynamic))
         return out
 
     def check_data(self, where: str, t, dtype: str, shape: tuple[int, ...], raw: memoryview) -> None:
@@ -489,7 +491,11 @@ class _Checker:
         options = self.options(label, name, op, spec)
         self.subgraph_calls(label, s, options, calls)
         self.subgraph_calls(label, s, op.builtinOptions2, calls)
-        if spec is not None and spec.check is not None:
+        dynamic = any(tensors[i].dynamic for i in (*ins, *outs) if i != -1)
+        # A converter with a dynamic batch stores 1 for each -1 of the shape signature, so the stored
+        # shapes of such an op need not agree; the interpreters' Prepare recomputes them on resize
+        # (TFLM, which cannot resize, refuses dynamic inputs in make_tflm_interpreter).
+        if spec is not None and spec.check is not None and not dynamic:
             args = [None if i == -1 else tensors[i] for i in ins]
             problem = spec.check(args, [tensors[o] for o in outs], options, self)
             if problem:
