@@ -90,9 +90,9 @@ def record(name: str, title: str, columns: list[str], rows: list[dict], notes: l
 
 
 def is_smoke_run(argv: list[str] | None = None) -> bool:
-    """A run on a subset of the data (``--limit N``) is a smoke run, not a result."""
+    """A run on a subset of the data (``--limit N``, ``--quick``) is a smoke run, not a result."""
     argv = sys.argv[1:] if argv is None else argv
-    return any(a == "--limit" or a.startswith("--limit=") for a in argv)
+    return any(a in ("--limit", "--quick") or a.startswith("--limit=") for a in argv)
 
 
 def _cell(value) -> str:
