@@ -66,19 +66,23 @@ def cmd_convert(args) -> int:
     from tfcompress.export.calibration import load_calibration_file
     from tfcompress.export.convert import load_keras_model, to_tflite, uses_fake_quant
 
-    quantization = {"int8": "int8", "float16": "float16", "dynamic": "dynamic", "float32": None}[args.mode]
+    quantization = {"int8": "int8", "int16x8": "int16x8", "int4": "int4", "float16": "float16", "dynamic": "dynamic",
+                    "float32": None}[args.mode]
     output = Path(args.output)
     if output.suffix != ".tflite":
         raise TfcompressError("output file must end in .tflite", str(output), "e.g. -o model.tflite")
+    precision = _parse_precision(args.precision) if args.precision else None
     # Read the calibration file before the model: a bad file fails fast.
     calibration = load_calibration_file(args.calibration, args.samples) if args.calibration else None
+    if Path(args.model).suffix == ".tflite":
+        return _convert_tflite(args, quantization, calibration, precision)
     _progress(args, f"loading {args.model}")
     with _native_stderr_captured(args.verbose):
         model = load_keras_model(args.model)
-    if quantization == "int8" and calibration is None and not uses_fake_quant(model):
+    if quantization in ("int8", "int16x8", "int4") and calibration is None and not uses_fake_quant(model):
         # A QAT model carries its learned ranges; anything else needs calibration inputs.
         raise CalibrationDataError(
-            "--int8 needs calibration inputs",
+            f"--{args.mode} needs calibration inputs",
             "--calibration",
             "pass --calibration calib.npz (numpy.savez('calib.npz', x=train_inputs[:500]))",
         )
@@ -94,7 +98,49 @@ def cmd_convert(args) -> int:
             dense_as_conv=args.dense_as_conv,
             batch_size=None if args.dynamic_batch else 1,
             calibration_samples=args.samples or 500,
+            precision=precision,
         )
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.text())
+    return EXIT_OK
+
+
+def _parse_precision(text: str) -> dict[str, str]:
+    """``--precision fc1=int4,fc2=int8`` -> {"fc1": "int4", "fc2": "int8"}."""
+    from tfcompress.errors import TfcompressError
+
+    found = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep or not name or not value:
+            raise TfcompressError(f"cannot read {item!r} in --precision {text!r}", "--precision",
+                                  "write NAME=PRECISION pairs separated by commas, e.g. --precision fc1=int4,fc2=int8")
+        found[name] = value
+    return found
+
+
+def _convert_tflite(args, quantization, calibration, precision) -> int:
+    """`tfcompress convert float.tflite --int8 | --int16x8 | --int4 --calibration ...`."""
+    from tfcompress.errors import CalibrationDataError, TfcompressError
+    from tfcompress.export.precision import FILE_QUANTIZATIONS, quantize_tflite
+
+    if quantization not in FILE_QUANTIZATIONS:
+        raise TfcompressError(f"a .tflite input can be quantized to {', '.join(FILE_QUANTIZATIONS)}, "
+                              f"not --{args.mode}", args.model,
+                              "pass --int8, --int16x8 or --int4 (or convert the .keras model)")
+    for flag, given in (("--dense-as-conv", args.dense_as_conv), ("--dynamic-batch", args.dynamic_batch)):
+        if given:
+            raise TfcompressError(f"{flag} needs the .keras model", flag, "convert the .keras model instead")
+    if calibration is None:
+        raise CalibrationDataError(f"--{args.mode} of a .tflite file needs calibration inputs", "--calibration",
+                                   "pass --calibration samples.npy (numpy.save('samples.npy', train_inputs[:500]))")
+    _progress(args, f"quantizing {args.model} to {args.mode}")
+    with _native_stderr_captured(args.verbose):
+        report = quantize_tflite(args.model, args.output, calibration, quantization, io_dtype=args.io_dtype,
+                                 precision=precision, calibration_samples=args.samples or 500,
+                                 allow_float_fallback=args.allow_float_fallback)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -302,16 +348,21 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         formatter_class=_Formatter,
         help="convert a .keras model to .tflite",
-        description="Convert a Keras 3 .keras model to TFLite. --int8 is full-integer: every op int8, "
-        "per-channel weights; the command fails naming any op left in float.",
+        description="Convert a Keras 3 .keras model to TFLite, or quantize a float .tflite file. --int8 is "
+        "full-integer: every op int8, per-channel weights; the command fails naming any op left in float.",
         epilog="example:\n  python -c \"import numpy as np; np.savez('calib.npz', x=x_train[:500])\"\n"
-        "  tfcompress convert model.keras -o model.tflite --int8 --calibration calib.npz --samples 300",
+        "  tfcompress convert model.keras -o model.tflite --int8 --calibration calib.npz --samples 300\n"
+        "  tfcompress convert float.tflite -o int16x8.tflite --int16x8 --calibration calib.npz\n"
+        "  tfcompress convert model.keras -o int4.tflite --int8 --precision fc1=int4 --calibration calib.npz",
     )
-    p.add_argument("model", help="the .keras file")
+    p.add_argument("model", help="the .keras file, or a float .tflite file to quantize (--int8 / --int16x8 / --int4)")
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
     mode = p.add_mutually_exclusive_group()
     for name, text in (
         ("int8", "full-integer int8 (needs --calibration unless the model is QAT)"),
+        ("int16x8", "TFLite's 16x8 mode: int16 activations, int8 weights (needs --calibration; post-training only)"),
+        ("int4", "int8 activations, int4 FULLY_CONNECTED / CONV_2D weights (needs --calibration and "
+                 "tfcompress[int4])"),
         ("float16", "float16 weights"),
         ("dynamic", "dynamic-range: int8 weights, float activations"),
         ("float32", "no quantization"),
@@ -320,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(mode="int8")
     p.add_argument("--calibration", help=".npz (key 'x', else all arrays in order) or .npy of model inputs")
     p.add_argument("--samples", type=_positive_int, default=None, help="use at most N calibration samples (default 500)")
-    p.add_argument("--io-dtype", choices=("int8", "uint8", "float32"), default=None, help="I/O type of an int8 model (default int8)")
+    p.add_argument("--io-dtype", choices=("int8", "uint8", "int16", "float32"), default=None,
+                   help="I/O type of an integer model (default int8; int16 for --int16x8)")
+    p.add_argument("--precision", metavar="NAME=P[,NAME=P]",
+                   help="per-layer weight precision, int4 or int8, over --int8 / --int4 (Keras layer names; for a "
+                        ".tflite input the op's output or weight tensor name), e.g. fc1=int4")
     p.add_argument("--allow-float-fallback", action="store_true", help="accept ops left in float with --int8")
     p.add_argument("--dynamic-batch", action="store_true", help="keep the batch dimension dynamic (default: static batch 1)")
     p.add_argument("--dense-as-conv", action="store_true",

@@ -41,10 +41,10 @@ class FloatFallbackError(ConversionError):
         float_ops: the ops (``"OP_NAME (tensor name)"``) that are not int8.
     """
 
-    def __init__(self, float_ops: list[str], where: str | None = None):
+    def __init__(self, float_ops: list[str], where: str | None = None, mode: str = "int8"):
         self.float_ops = list(float_ops)
         super().__init__(
-            f"full-int8 conversion left {len(float_ops)} op(s) in float: " + ", ".join(float_ops),
+            f"full-{mode} conversion left {len(float_ops)} op(s) in float: " + ", ".join(float_ops),
             where,
             "replace or remove those layers, or pass allow_float_fallback=True to accept float ops",
         )

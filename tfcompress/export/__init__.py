@@ -7,6 +7,7 @@ from tfcompress.export.compare import ComparisonReport, LayerError, compare
 from tfcompress.export.convert import ExportReport, load_keras_model, to_tflite
 from tfcompress.export.edgetpu import EdgeTPUReport, edgetpu_report
 from tfcompress.export.micro import MicroReport, to_micro
+from tfcompress.export.precision import PrecisionError, quantize_tflite
 from tfcompress.export.runtime import Agreement, Evaluation, ModelRunner, agreement, evaluate
 from tfcompress.export.tflite_file import TFLiteModel, gzip_size, load_tflite, validate_tflite
 
@@ -21,6 +22,7 @@ __all__ = [
     "ExportReport",
     "ModelRunner",
     "OffsetBuffer",
+    "PrecisionError",
     "TFLiteModel",
     "agreement",
     "benchmark",
@@ -33,6 +35,7 @@ __all__ = [
     "load_keras_model",
     "load_tflite",
     "offset_buffers",
+    "quantize_tflite",
     "representative_samples",
     "to_micro",
     "to_tflite",

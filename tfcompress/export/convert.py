@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,12 @@ from tfcompress.export.calibration import converter_dataset, representative_samp
 from tfcompress.export.tflite_file import TFLiteModel, load_tflite
 from tfcompress.report import SKIPPED, CompressionReport
 
-QUANTIZATION_MODES = ("int8", "float16", "dynamic", None)
-IO_DTYPES = ("int8", "uint8", "float32")
+QUANTIZATION_MODES = ("int8", "int16x8", "int4", "float16", "dynamic", None)
+IO_DTYPES = ("int8", "uint8", "int16", "float32")
+#: the full-integer modes: calibrated activations, every op integer (checked op by op)
+INTEGER_MODES = ("int8", "int16x8")
+#: the I/O types each full-integer mode can take
+MODE_IO_DTYPES = {"int8": ("int8", "uint8", "float32"), "int16x8": ("int16", "float32"), "int4": ("int8",)}
 DEFAULT_CALIBRATION_SAMPLES = 500
 
 
@@ -182,11 +187,14 @@ def _convert(model, quantization, samples, io_dtype, allow_float, batch_size) ->
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [_concrete_function(model, batch_size)], holder
     )
-    if quantization == "int8":
+    if quantization in INTEGER_MODES:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if samples is not None:
             converter.representative_dataset = converter_dataset(samples, batch_size)
-        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # TFLite's 16x8 mode: int16 activations (symmetric, zero point 0), int8 per-channel weights,
+        # int64 biases (tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8)
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantization == "int8"
+               else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         if allow_float:
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
         if samples is not None:
@@ -194,7 +202,7 @@ def _convert(model, quantization, samples, io_dtype, allow_float, batch_size) ->
             # representative dataset does not see them when the op set is restricted, and
             # to_tflite verifies the result is all int8 anyway)
             converter.target_spec.supported_ops = ops
-        io_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_dtype]
+        io_type = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}[io_dtype]
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
     elif quantization == "float16":
@@ -203,6 +211,24 @@ def _convert(model, quantization, samples, io_dtype, allow_float, batch_size) ->
     elif quantization == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     return converter.convert()
+
+
+def check_io_dtype(quantization: str | None, io_dtype: str | None) -> str:
+    """The model I/O type for ``quantization`` (its default when ``io_dtype`` is None), or a
+    `TfcompressError` naming the types the mode takes."""
+    if io_dtype is None:
+        return {"int8": "int8", "int16x8": "int16", "int4": "int8"}.get(quantization, "float32")
+    if io_dtype not in IO_DTYPES:
+        raise TfcompressError(f"unknown io_dtype {io_dtype!r}", "io_dtype", f"use one of {IO_DTYPES}")
+    allowed = MODE_IO_DTYPES.get(quantization, ("float32",))
+    if io_dtype not in allowed:
+        needs = next((m for m, types in MODE_IO_DTYPES.items() if io_dtype in types), None)
+        raise TfcompressError(
+            f"io_dtype={io_dtype!r} does not go with quantization={quantization!r}",
+            "io_dtype",
+            f"use io_dtype in {allowed}" + (f", or quantization={needs!r}" if needs else ""),
+        )
+    return io_dtype
 
 
 def _refuse_before_calibration(model, where: str) -> None:
@@ -228,6 +254,7 @@ def to_tflite(
     batch_size: int | None = 1,
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
     dense_as_conv: bool = False,
+    precision: Mapping[str, str] | None = None,
 ) -> ExportReport:
     """Convert a Keras 3 model to a `.tflite` file and check what came out.
 
@@ -235,14 +262,19 @@ def to_tflite(
         model: a Keras 3 model (or the path of a `.keras` file).
         path: where to write the `.tflite` file (written atomically).
         quantization: ``"int8"`` full-integer (int8 activations, per-channel int8
-            weights, int32 biases); ``"float16"`` weights; ``"dynamic"`` int8
-            weights with float activations; ``None`` plain float32.
+            weights, int32 biases); ``"int16x8"`` TFLite's 16x8 mode (int16 activations,
+            symmetric, per-channel int8 weights, int64 biases; post-training only: a QAT
+            model is refused); ``"int4"`` int8 activations with int4 FULLY_CONNECTED
+            (per-tensor) and CONV_2D (per-channel) weights, written by ai-edge-quantizer
+            (`tfcompress.export.precision`; needs ``tfcompress[int4]``); ``"float16"``
+            weights; ``"dynamic"`` int8 weights with float activations; ``None`` float32.
         representative_data: calibration inputs for ``"int8"``: a NumPy array
             (N, *input_shape), a list of arrays for multi-input models, a
             ``tf.data.Dataset`` or a generator. Not needed for QAT models
             (``tfcompress.quantize``), whose learned ranges are used.
         io_dtype: model input/output type for ``"int8"``: ``"int8"`` (default),
-            ``"uint8"`` or ``"float32"`` (float I/O around an integer graph).
+            ``"uint8"`` or ``"float32"`` (float I/O around an integer graph); for
+            ``"int16x8"``: ``"int16"`` (default) or ``"float32"``; ``"int8"`` for ``"int4"``.
         allow_float_fallback: with ``"int8"``, accept ops the converter keeps in
             float instead of raising `FloatFallbackError`.
         batch_size: static batch size of the exported graph (1 by default, which
@@ -252,6 +284,13 @@ def to_tflite(
             (`tfcompress.export.dense_as_conv`): TFLite Micro's FULLY_CONNECTED rounds twice,
             LiteRT's reference kernel once, and they differ by 1 LSB on a few outputs in a
             thousand; both compute CONV_2D alike, so the file runs bit-exactly on both.
+        precision: per-layer weight precision over the mode's default, ``{keras layer name:
+            "int4" | "int8"}`` (Dense / Conv2D layers, found in the file by their kernels),
+            with ``quantization="int8"`` or ``"int4"``: e.g. ``precision={"fc1": "int4"}``
+            keeps every other layer int8. The base the mixed-precision search builds on.
+
+    For ``"int16x8"`` the report's ``notes`` and ``layers`` name the ops TFLite Micro refuses
+    in int16 or runs with other numbers (`tfcompress.export.micro.tflm_int16_problems`).
 
     Returns:
         An `ExportReport`.
@@ -268,16 +307,7 @@ def to_tflite(
         raise TfcompressError(
             f"unknown quantization {quantization!r}", "quantization", f"use one of {QUANTIZATION_MODES}"
         )
-    if io_dtype is None:
-        io_dtype = "int8" if quantization == "int8" else "float32"
-    if io_dtype not in IO_DTYPES:
-        raise TfcompressError(f"unknown io_dtype {io_dtype!r}", "io_dtype", f"use one of {IO_DTYPES}")
-    if quantization != "int8" and io_dtype != "float32":
-        raise TfcompressError(
-            f"io_dtype={io_dtype!r} needs full-integer quantization",
-            "io_dtype",
-            "use quantization='int8', or io_dtype='float32'",
-        )
+    io_dtype = check_io_dtype(quantization, io_dtype)
     if batch_size is not None and batch_size < 1:
         raise TfcompressError(f"batch_size must be >= 1 or None, got {batch_size}", "batch_size")
     if not getattr(model, "inputs", None):
@@ -296,7 +326,25 @@ def to_tflite(
         raise TfcompressError("the output directory is not writable", str(target.parent),
                               "choose a directory you can write to")
 
-    if quantization == "int8":
+    if (quantization == "int4" or precision) and uses_fake_quant(model):
+        raise ConversionError(
+            "quantization-aware training to int4 weights is not supported: the QAT model simulates int8 "
+            "weights, and int4 weights are written by ai-edge-quantizer from the float model",
+            str(target),
+            "export the float model (before tfcompress.quantize) with quantization='int4' and representative_data",
+        )
+    if precision and quantization not in ("int8", "int4"):
+        raise TfcompressError(f"precision= goes with quantization='int8' or 'int4', not {quantization!r}",
+                              "precision", "pass quantization='int8' with precision={layer_name: 'int4'}")
+    if quantization == "int16x8" and uses_fake_quant(model):
+        raise ConversionError(
+            "quantization-aware training to int16x8 is not supported: the QAT model simulates int8 "
+            "activations (its learned ranges are 8-bit ranges), and the 16x8 file needs 16-bit ones",
+            str(target),
+            "export the float model (before tfcompress.quantize) with quantization='int16x8' and "
+            "representative_data (post-training 16x8), or export this QAT model with quantization='int8'",
+        )
+    if quantization in INTEGER_MODES:
         _refuse_before_calibration(model, str(target))
     samples = None
     notes: list[str] = []
@@ -305,13 +353,29 @@ def to_tflite(
     model, materialized = _materialize(model)
     if materialized:
         notes.append(f"materialized {materialized} quantized/hashed layer(s) into plain Dense/Conv2D weights")
-    if dense_as_conv and quantization == "int8" and not uses_fake_quant(model):
+    if dense_as_conv and quantization in INTEGER_MODES and not uses_fake_quant(model):
         from tfcompress.export.dense_as_conv import dense_as_conv as _dense_as_conv
 
         model, rewritten = _dense_as_conv(model)
         if rewritten:
             notes.append(f"wrote {rewritten} Dense layer(s) as 1x1 CONV_2D (dense_as_conv=True)")
-    if quantization == "int8":
+    if quantization == "int4" or precision:
+        # the float file, then int8 activations with int4 weights (tfcompress.export.precision)
+        from tfcompress.export.precision import quantize_tflite
+
+        try:
+            flatbuffer = _convert(model, None, None, "float32", False, batch_size)
+        except Exception as exc:
+            message = str(exc).strip().splitlines()
+            raise ConversionError(
+                f"the TFLite converter failed: {message[0][:400] if message else type(exc).__name__}",
+                str(target), "check that every layer has a TFLite builtin equivalent") from None
+        report = quantize_tflite(flatbuffer, target, representative_data, quantization, io_dtype=io_dtype,
+                                 precision=precision, calibration_samples=calibration_samples,
+                                 allow_float_fallback=allow_float_fallback, _keras_model=model)
+        report.notes = notes + report.notes
+        return report
+    if quantization in INTEGER_MODES:
         if representative_data is None and uses_fake_quant(model):
             notes.append("ranges taken from quantization-aware training (no calibration)")
         else:
@@ -329,7 +393,7 @@ def to_tflite(
         else:
             flatbuffer = _convert(model, quantization, samples, io_dtype, allow_float_fallback, batch_size)
     except Exception as exc:
-        if quantization == "int8" and not allow_float_fallback:
+        if quantization in INTEGER_MODES and not allow_float_fallback:
             # Find out which ops could not be made integer, to name them.
             try:
                 fallback = _convert(model, quantization, samples, io_dtype, True, batch_size)
@@ -338,7 +402,7 @@ def to_tflite(
             if fallback is not None:
                 float_ops = _describe_float_ops(load_tflite(fallback))
                 if float_ops:
-                    raise FloatFallbackError(float_ops, str(target)) from None
+                    raise FloatFallbackError(float_ops, str(target), mode=quantization) from None
         unsupported = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(exc))))
         if unsupported:
             raise ConversionError(
@@ -356,14 +420,29 @@ def to_tflite(
 
     parsed = load_tflite(flatbuffer)
     float_ops = _describe_float_ops(parsed)
-    if quantization == "int8" and float_ops and not allow_float_fallback:
-        raise FloatFallbackError(float_ops, str(target))
-    if quantization == "int8" and float_ops:
+    if quantization in INTEGER_MODES and float_ops and not allow_float_fallback:
+        raise FloatFallbackError(float_ops, str(target), mode=quantization)
+    if quantization in INTEGER_MODES and float_ops:
         notes.append(f"{len(float_ops)} op(s) kept in float (allow_float_fallback=True)")
 
     write_bytes_atomic(target, flatbuffer)
+    return export_report(parsed, str(target), quantization, io_dtype, len(samples) if samples is not None else 0,
+                         seconds, notes, float_ops, rewritten_layers)
+
+
+def export_report(parsed: TFLiteModel, path: str, quantization: str | None, io_dtype: str, samples: int,
+                  seconds: float, notes: list[str], float_ops: list[str],
+                  materialized: list[tuple[str, str]] = ()) -> ExportReport:
+    """The `ExportReport` of a written file (``to_tflite``, ``quantize_tflite``); for int16x8 a
+    note names the ops TFLite Micro refuses in int16 (`tfcompress.export.micro.tflm_int16_problems`)."""
+    from tfcompress.export.micro import tflm_int16_problems
+
+    problems = tflm_int16_problems(parsed) if quantization == "int16x8" else {}
+    if problems:
+        notes = [*notes, "TFLite Micro will not run this file as it is: " + "; ".join(
+            f"{op}: {why}" for op, why in sorted(problems.items()))]
     return ExportReport(
-        path=str(target),
+        path=path,
         quantization=quantization,
         io_dtype=io_dtype,
         size_bytes=parsed.size_bytes,
@@ -374,15 +453,16 @@ def to_tflite(
         float_ops=float_ops,
         inputs=[_tensor_quantization(t) for t in parsed.inputs],
         outputs=[_tensor_quantization(t) for t in parsed.outputs],
-        calibration_samples=len(samples) if samples is not None else 0,
+        calibration_samples=samples,
         conversion_seconds=round(seconds, 3),
         notes=notes,
-        layers=layer_report(parsed, quantization, float_ops, rewritten_layers),
+        layers=layer_report(parsed, quantization, float_ops, materialized, problems),
     )
 
 
 def layer_report(parsed: TFLiteModel, quantization: str | None, float_ops: list[str],
-                 materialized: list[tuple[str, str]] = ()) -> CompressionReport:
+                 materialized: list[tuple[str, str]] = (), tflm_problems: dict[str, str] | None = None
+                 ) -> CompressionReport:
     """`to_tflite`'s `CompressionReport`: the layers materialized into plain weights, one row per
     TFLite op kind with how it is computed, and each op the int8 conversion left in float
     (``skipped``, with what to do).
@@ -402,14 +482,20 @@ def layer_report(parsed: TFLiteModel, quantization: str | None, float_ops: list[
     for name, kind in materialized:
         report.add(name, kind, "materialized", "its computed weights written into a plain Dense / Conv2D")
     left: dict[str, list[str]] = {}
-    for described in float_ops if quantization == "int8" else ():
+    for described in float_ops if quantization in INTEGER_MODES else ():
         left.setdefault(described.split("#")[0], []).append(described)
-    mode = {"int8": "int8", "float16": "float16 weights", "dynamic": "int8 weights, float activations",
+    int4_ops = {op.name for op in parsed.ops if any(t.dtype == "INT4" for t in parsed.op_tensors(op))}
+    mode = {"int8": "int8", "int16x8": "int16 activations, int8 weights", "int4": "int8",
+            "float16": "float16 weights", "dynamic": "int8 weights, float activations",
             None: "float32"}[quantization]
+    problems = tflm_problems or {}
     for kind, count in sorted(parsed.op_counts().items()):
         done = count - len(left.get(kind, []))
-        if done:
-            report.add(f"{kind} x{done}", kind, mode)
+        if done and kind in problems:
+            report.add(f"{kind} x{done}", kind, mode, f"TFLite Micro: {problems[kind]}",
+                       "keep this op out of a model for TFLite Micro in int16x8 (or export int8)", important=True)
+        elif done:
+            report.add(f"{kind} x{done}", kind, "int8 activations, int4 weights" if kind in int4_ops else mode)
     for kind, ops in sorted(left.items()):
         for described in ops:
             report.add(described, kind, SKIPPED,

@@ -153,6 +153,24 @@ TFLM_CUSTOM_OPS: dict[str, str] = {
 }
 TFLM_OPS: dict[str, str] = {**TFLM_BUILTIN_OPS, **TFLM_CUSTOM_OPS}
 
+# TFLite's 16x8 mode (int16 activations) on TFLite Micro, measured op by op with the real
+# interpreter (benchmarks/probe_int16x8.py, tflite-micro 0.dev20261023182759): these ops have a
+# TFLM kernel, but not for int16 (the message is TFLM's own); TILE has no TFLM kernel at all.
+TFLM_INT16_REFUSED: dict[str, str] = {
+    "EXP": "no int16 kernel (exp.cc: input->type != kTfLiteFloat32)",
+    "REDUCE_MAX": "no int16 kernel ('Only float32 and int8 types are supported')",
+    "RESIZE_BILINEAR": "no int16 kernel ('Output type is 7, requires float or int8')",
+}
+# int16 kernels TFLM runs whose outputs differ from LiteRT's reference kernels (and from the
+# float model) on the probe's tiny models, in LSB of the int16 output: LiteRT's int16 RELU6 is
+# within 1.1 LSB of float, TFLM's 4574 LSB away; SUM is wrong on both (LiteRT's int16 SUM is as
+# far from float as the float values are large).
+TFLM_INT16_DIFFERENT: dict[str, str] = {
+    "RELU6": "TFLM's int16 kernel differs from LiteRT's reference by up to 4574 LSB",
+    "SUM": "int16 SUM differs from float on LiteRT and TFLM (by up to 54854 LSB between them)",
+    "RSQRT": "TFLM's int16 kernel differs from LiteRT's reference by up to 414 LSB",
+}
+
 DEFAULT_ARENA_MARGIN = 1024
 ARENA_ALIGNMENT = 16
 BYTES_PER_LINE = 12
@@ -187,8 +205,17 @@ class UnsupportedOpError(MicroError):
         ops: the unsupported op names.
     """
 
-    def __init__(self, ops: Sequence[str], where: str):
+    def __init__(self, ops: Sequence[str], where: str, dtype: str | None = None):
         self.ops = list(ops)
+        if dtype:
+            super().__init__(
+                f"TFLite Micro has no {dtype} kernel for op(s) {', '.join(self.ops)} "
+                f"({'; '.join(TFLM_INT16_REFUSED.get(op, '') for op in self.ops)})",
+                where,
+                "export the model with quantization='int8', or replace the layers that produce them "
+                "(tfcompress.export.micro.TFLM_INT16_REFUSED lists the measured ops)",
+            )
+            return
         super().__init__(
             f"TFLite Micro has no kernel for op(s) {', '.join(self.ops)}",
             where,
@@ -366,6 +393,26 @@ def recommended_arena_size(measured: int, margin: int = DEFAULT_ARENA_MARGIN) ->
     return round_up(measured + margin, ARENA_ALIGNMENT)
 
 
+def _int16_ops(model: TFLiteModel) -> set[str]:
+    """Ops of the file with an int16 activation (input or output, constants aside)."""
+    return {op.name for op in model.ops
+            if any(t.dtype == "INT16" and not t.constant for t in model.op_tensors(op))}
+
+
+def tflm_int16_problems(model: TFLiteModel) -> dict[str, str]:
+    """The ops of an int16x8 file TFLite Micro refuses (no kernel, or none for int16) or runs with
+    other numbers than LiteRT's reference kernels: op name -> what was measured.
+
+    Example:
+        >>> tflm_int16_problems(load_tflite("int16x8.tflite"))   # doctest: +SKIP
+        {'EXP': 'no int16 kernel (exp.cc: input->type != kTfLiteFloat32)'}
+    """
+    int16 = _int16_ops(model)
+    found = {op: why for op, why in {**TFLM_INT16_REFUSED, **TFLM_INT16_DIFFERENT}.items() if op in int16}
+    found.update({op: "no TFLite Micro kernel" for op in int16 if op not in TFLM_OPS})
+    return found
+
+
 def resolver_methods(model: TFLiteModel) -> list[tuple[str, str]]:
     """The (op, ``MicroMutableOpResolver`` method) pairs the model needs, sorted by op.
 
@@ -376,6 +423,9 @@ def resolver_methods(model: TFLiteModel) -> list[tuple[str, str]]:
     unsupported = [n for n in names if n not in TFLM_OPS]
     if unsupported:
         raise UnsupportedOpError(unsupported, model.path or "<bytes>")
+    no_int16 = sorted(TFLM_INT16_REFUSED.keys() & _int16_ops(model))
+    if no_int16:
+        raise UnsupportedOpError(no_int16, model.path or "<bytes>", dtype="int16")
     return [(n, TFLM_OPS[n]) for n in names]
 
 

@@ -1,0 +1,388 @@
+"""Quantize a float `.tflite` file, and int4 weights (issue 22).
+
+`quantize_tflite` is for users who have only the converted float file:
+
+- ``"int8"`` / ``"int16x8"``: TensorFlow's own post-training calibration and quantization,
+  the steps ``TFLiteConverter.convert`` runs after its float conversion
+  (``tensorflow.lite.python.optimize.calibrator.Calibrator``: calibrate on the samples, then
+  the MLIR quantizer for int8, the calibrator's ``calibrate_and_quantize`` with int16
+  activations / int64 biases for 16x8). On the same float file and samples the result has the
+  tensors ``to_tflite`` writes from the Keras model: same types, scales, zero points and
+  constant values (tests/test_precisions.py checks it).
+- ``"int4"``: int8 activations with 4-bit weights, written by Google's ai-edge-quantizer
+  (``pip install 'tfcompress[int4]'``; static range quantization, min / max calibration):
+  every FULLY_CONNECTED gets per-tensor int4 weights and every CONV_2D per-channel int4
+  weights; the other ops stay int8 (ai-edge-quantizer 0.10 has no int4 DEPTHWISE_CONV_2D).
+  Per-tensor for FULLY_CONNECTED because TFLite Micro refuses per-channel int4 fully connected
+  weights (``fully_connected_common.cc``: int4 filters must be per-tensor); with these choices
+  the file runs on LiteRT (builtin and reference kernels) and on TFLite Micro. Buffers stored
+  after the flatbuffer (ai-edge-quantizer's layout past 256 KiB) are moved inside
+  (`tfcompress.export.buffers.inline_buffers`), so TFLite Micro reads the weights.
+
+Per-layer precision, the base of mixed precision: ``precision={"name": "int4" | "int8"}``
+overrides the default weight precision of named ops (``quantization="int8"`` or ``"int4"``).
+In ``to_tflite`` the names are Keras layer names (a Dense / Conv2D layer found in the file by
+its kernel values); in ``quantize_tflite`` they are the TFLite names of the op's output or
+weight tensor (`tfcompress.export.load_tflite` lists them). A name that matches nothing, an op
+that cannot take int4 weights, or a value other than "int4" / "int8" is an error.
+
+Example:
+    >>> import numpy as np, keras, tempfile, os
+    >>> from tfcompress.export import to_tflite, quantize_tflite
+    >>> x = keras.Input((4,))
+    >>> model = keras.Model(x, keras.layers.Dense(2)(keras.layers.Dense(3, name="fc1")(x)))
+    >>> d = tempfile.mkdtemp()
+    >>> _ = to_tflite(model, os.path.join(d, "float.tflite"), None)
+    >>> report = quantize_tflite(os.path.join(d, "float.tflite"), os.path.join(d, "int8.tflite"),
+    ...                          np.ones((8, 4), "float32"), "int8")
+    >>> report.int8_coverage
+    1.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import time
+import types
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from tfcompress._io import write_bytes_atomic
+from tfcompress.errors import (
+    ConversionError,
+    FloatFallbackError,
+    InvalidModelFileError,
+    TfcompressError,
+)
+from tfcompress.export.calibration import converter_dataset, representative_samples
+from tfcompress.export.tflite_file import FLOAT_TYPES, TFLiteModel, load_tflite
+
+#: the modes `quantize_tflite` writes
+FILE_QUANTIZATIONS = ("int8", "int16x8", "int4")
+#: the weight precisions a ``precision`` dict may name
+PRECISIONS = ("int8", "int4")
+#: ops whose weights ai-edge-quantizer 0.10 writes as int4 with int8 activations, and how
+INT4_OPS = {"FULLY_CONNECTED": "per-tensor", "CONV_2D": "per-channel"}
+#: the model I/O type of each mode (ai-edge-quantizer's static recipe quantizes the I/O)
+_IO = {"int8": ("int8", "uint8", "float32"), "int16x8": ("int16", "float32"), "int4": ("int8",)}
+
+
+class PrecisionError(TfcompressError):
+    """A ``precision`` dict names no op, an op that cannot take the precision, or a bad value."""
+
+
+def _require_quantizer():
+    try:
+        from ai_edge_quantizer import qtyping, quantizer
+    except ImportError as exc:
+        raise TfcompressError(
+            f"int4 weights need ai-edge-quantizer, which is not installed ({exc})",
+            "quantization='int4'",
+            "pip install 'tfcompress[int4]' (ai-edge-quantizer==0.10.0)",
+        ) from None
+    return quantizer, qtyping
+
+
+def _file_specs(model: TFLiteModel):
+    """A stand-in with ``inputs`` as `representative_samples` reads them from a Keras model."""
+    return types.SimpleNamespace(inputs=[
+        types.SimpleNamespace(shape=(None, *t.shape[1:]), dtype="float32", name=t.name) for t in model.inputs
+    ])
+
+
+def _check_float_file(model: TFLiteModel) -> None:
+    where = model.path or "<bytes>"
+    quantized = [t.name for tensors in model.tensors for t in tensors
+                 if not t.constant and t.quantization is not None and t.dtype not in FLOAT_TYPES]
+    if quantized:
+        raise InvalidModelFileError(
+            f"the file is already quantized ({len(quantized)} integer activation tensor(s), e.g. {quantized[0]!r})",
+            where,
+            "pass the float .tflite file (to_tflite(model, path, quantization=None) or the converter "
+            "without optimizations)",
+        )
+    if any(t.dtype not in FLOAT_TYPES for t in model.inputs):
+        raise InvalidModelFileError(
+            f"input {model.inputs[0].name!r} is {model.inputs[0].dtype}, not float", where,
+            "pass the float .tflite file")
+
+
+def _check_target(path: str | os.PathLike) -> Path:
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise TfcompressError("output directory does not exist", str(target.parent), "create it first")
+    if target.is_dir():
+        raise TfcompressError("the output path is a directory", str(target), "pass a file name, e.g. model.tflite")
+    return target
+
+
+def weight_ops(model: TFLiteModel) -> list[tuple[int, str, str, str]]:
+    """(op index, op name, output tensor name, weight tensor name) of every op of the main
+    subgraph with a constant float kernel as input 1 (rank >= 2), in file order.
+
+    Example:
+        >>> [op for _, op, _, _ in weight_ops(load_tflite("float.tflite"))]   # doctest: +SKIP
+        ['CONV_2D', 'FULLY_CONNECTED']
+    """
+    found = []
+    for op in model.ops:
+        if op.subgraph != 0 or len(op.inputs) < 2 or op.inputs[1] < 0 or not op.outputs:
+            continue
+        weight = model.tensor(op.inputs[1])
+        if weight.constant and weight.dtype in FLOAT_TYPES and len(weight.shape) >= 2:  # a kernel, not a shape
+            found.append((op.index, op.name, model.tensor(op.outputs[0]).name, weight.name))
+    return found
+
+
+def _check_precision_values(precision: Mapping[str, str]) -> None:
+    if not isinstance(precision, Mapping):
+        raise PrecisionError(f"precision must be a dict of name -> precision, got {type(precision).__name__}",
+                             "precision", 'pass e.g. precision={"fc1": "int4"}')
+    for name, value in precision.items():
+        if value not in PRECISIONS:
+            raise PrecisionError(f"unknown precision {value!r} for {name!r}", "precision",
+                                 f"use one of {PRECISIONS}")
+
+
+def ops_by_tensor_name(model: TFLiteModel, precision: Mapping[str, str]) -> dict[int, str]:
+    """``precision`` keyed by TFLite tensor names (an op's output or weight tensor) -> by op index.
+
+    Raises:
+        PrecisionError: a name matches no op with weights.
+    """
+    _check_precision_values(precision)
+    ops = weight_ops(model)
+    resolved: dict[int, str] = {}
+    for name, value in precision.items():
+        hits = [index for index, _, out, weight in ops if name in (out, weight)]
+        if not hits:
+            listed = ", ".join(repr(out) for _, _, out, _ in ops[:8])
+            raise PrecisionError(
+                f"no op with weights has an output or weight tensor named {name!r}", "precision",
+                f"name an op's output or weight tensor (load_tflite(FILE) lists them; ops with weights: {listed})")
+        resolved.update(dict.fromkeys(hits, value))
+    return resolved
+
+
+def ops_by_keras_layer(keras_model, model: TFLiteModel, precision: Mapping[str, str]) -> dict[int, str]:
+    """``precision`` keyed by Keras layer names -> by op index of ``model`` (its float file).
+
+    A Dense / Conv2D layer is found by its kernel: the op whose constant weight input equals
+    the kernel in TFLite's layout (FULLY_CONNECTED ``(out, in)``, CONV_2D ``(out, kh, kw, in)``).
+
+    Raises:
+        PrecisionError: no such layer, a layer without a kernel, or a kernel the file does not
+            hold as it is (a BatchNormalization folded into it).
+    """
+    from tfcompress.core import iter_layers
+
+    _check_precision_values(precision)
+    layers = {layer.name: layer for layer in iter_layers(keras_model, models=False, wrapped=True)}
+    ops = weight_ops(model)
+    resolved: dict[int, str] = {}
+    for name, value in precision.items():
+        layer = layers.get(name)
+        if layer is None:
+            raise PrecisionError(f"the model has no layer named {name!r}", "precision",
+                                 f"use layer names of the model ({', '.join(list(layers)[:10])} ...)")
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            raise PrecisionError(f"layer {name!r} ({type(layer).__name__}) has no kernel to quantize", "precision",
+                                 "name Dense or Conv2D layers")
+        k = np.asarray(kernel)
+        layouts = [k.T] if k.ndim == 2 else [np.transpose(k, (3, 0, 1, 2))] if k.ndim == 4 else []
+        hits = []
+        for index, _, _, _ in ops:
+            weight = model.constant_values(model.tensor(model.ops[index].inputs[1]))
+            if weight is not None and any(w.shape == weight.shape and np.array_equal(w, weight) for w in layouts):
+                hits.append(index)
+        if not hits:
+            raise PrecisionError(
+                f"layer {name!r}'s kernel is not a weight of the converted file (its weights change in "
+                "conversion, e.g. a BatchNormalization folded into it)", "precision",
+                "name the op's TFLite tensor instead: to_tflite(model, 'float.tflite', None), then "
+                "quantize_tflite('float.tflite', out, data, precision={tensor_name: ...})")
+        resolved.update(dict.fromkeys(hits, value))
+    return resolved
+
+
+def _int4_plan(model: TFLiteModel, quantization: str, by_op: Mapping[int, str]) -> dict[int, str]:
+    """The ops that get int4 weights: all of `INT4_OPS` for ``"int4"``, those ``by_op`` names."""
+    plan = {index: "int4" for index, op, _, _ in weight_ops(model) if op in INT4_OPS} if quantization == "int4" else {}
+    for index, value in by_op.items():
+        op = model.ops[index].name
+        if value == "int4" and op not in INT4_OPS:
+            raise PrecisionError(
+                f"{op}#{index} ({model.tensor(model.ops[index].outputs[0]).name}) cannot take int4 weights",
+                "precision", f"int4 weights go on {', '.join(INT4_OPS)} ops (ai-edge-quantizer 0.10); keep it int8")
+        if value == "int4":
+            plan[index] = "int4"
+        else:
+            plan.pop(index, None)
+    return plan
+
+
+def _quantize_int4(model: TFLiteModel, samples, plan: Mapping[int, str]) -> bytes:
+    """int8 activations, int8 weights, int4 weights on the ops of ``plan`` (ai-edge-quantizer)."""
+    quantizer, qtyping = _require_quantizer()
+    from ai_edge_litert.interpreter import Interpreter
+
+    where = model.path or "<bytes>"
+    signatures = Interpreter(model_content=model.data).get_signature_list()
+    if len(signatures) != 1:
+        raise InvalidModelFileError(
+            f"ai-edge-quantizer calibrates one signature; the file has {len(signatures)}", where,
+            "convert the model with one serving signature (to_tflite does)")
+    key, signature = next(iter(signatures.items()))
+    names = signature["inputs"]
+    op_name = qtyping.TFLOperationName
+    q = quantizer.Quantizer(bytearray(model.data))
+    q.add_static_config(".*", op_name.ALL_SUPPORTED, 8, 8)
+    for index in sorted(plan):
+        op = model.ops[index]
+        # ai-edge-quantizer matches the regex against the op's scope: its output tensor names
+        # joined by ";", with a trailing ";" (utils/tfl_flatbuffer_utils.get_op_scope)
+        scope = "".join(model.tensor(o).name + ";" for o in op.outputs if o >= 0)
+        regex = "^" + re.escape(scope) + "$"
+        granularity = (qtyping.QuantGranularity.TENSORWISE if INT4_OPS[op.name] == "per-tensor"
+                       else qtyping.QuantGranularity.CHANNELWISE)
+        q.add_static_config(regex, getattr(op_name, op.name), 8, 4, granularity)
+    batch = model.inputs[0].shape[0] if model.inputs[0].shape else 1
+    calibration = {key: [dict(zip(names, sample, strict=True))
+                         for sample in converter_dataset(samples, batch)()]}
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        result = q.calibrate(calibration, num_threads=1)
+        return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def _quantize_calibrator(model: TFLiteModel, samples, quantization: str, io_dtype: str,
+                         allow_float: bool) -> bytes:
+    """TensorFlow's post-training quantization of a float flatbuffer, as the converter runs it."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tf_convert
+    from tensorflow.lite.python.optimize import calibrator
+
+    batch = model.inputs[0].shape[0] if model.inputs[0].shape else 1
+    dataset = converter_dataset(samples, batch)
+    io_type = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}[io_dtype]
+    calibrate = calibrator.Calibrator(calibrator.add_intermediate_tensors(model.data))
+    if quantization == "int8":  # the converter's default: calibrate, then the MLIR quantizer
+        calibrated = calibrate.calibrate(dataset)
+        return bytes(tf_convert.mlir_quantize(calibrated, False, input_data_type=io_type,
+                                              output_data_type=io_type))
+    return bytes(calibrate.calibrate_and_quantize(dataset, io_type, io_type, allow_float, tf.int16, tf.int64))
+
+
+def quantize_tflite(
+    float_tflite: str | os.PathLike | bytes,
+    out_path: str | os.PathLike,
+    representative_data,
+    quantization: str = "int8",
+    *,
+    io_dtype: str | None = None,
+    precision: Mapping[str, str] | None = None,
+    calibration_samples: int = 500,
+    allow_float_fallback: bool = False,
+    _keras_model=None,
+):
+    """Quantize a float `.tflite` file: int8, int16x8 or int4 weights (see the module docstring).
+
+    Implements TensorFlow's post-training full-integer quantization (Jacob et al., CVPR 2018,
+    ``r = S (q - Z)`` with ranges calibrated on samples; Krishnamoorthi 2018 per-channel
+    weights) on an already converted file, and ai-edge-quantizer's static int8 / int4 recipes.
+
+    Args:
+        float_tflite: the float file (path or bytes), validated by `load_tflite`.
+        out_path: the `.tflite` file to write (atomically).
+        representative_data: float calibration inputs, as for ``to_tflite``.
+        quantization: ``"int8"``, ``"int16x8"`` (int16 activations, int8 weights) or ``"int4"``
+            (int8 activations, int4 FULLY_CONNECTED / CONV_2D weights).
+        io_dtype: model I/O type: int8 (default) / uint8 / float32 for int8, int16 (default) /
+            float32 for int16x8, int8 for int4.
+        precision: per-op weight precision ``{tensor name: "int4" | "int8"}`` over the mode's
+            default (``"int8"`` or ``"int4"`` only).
+        calibration_samples: use at most this many samples.
+        allow_float_fallback: accept ops left in float instead of raising `FloatFallbackError`.
+
+    Returns:
+        An `ExportReport` (``notes`` say how many weights are int4; ``layers`` names the ops
+        TFLite Micro refuses in int16).
+
+    Raises:
+        InvalidModelFileError: not a valid float `.tflite`.
+        CalibrationDataError: samples missing or shaped wrong.
+        PrecisionError: a bad ``precision`` dict.
+        FloatFallbackError: ops left in float.
+        ConversionError: the quantizer failed.
+
+    Example:
+        >>> report = quantize_tflite("float.tflite", "int16x8.tflite", x_calib, "int16x8")  # doctest: +SKIP
+        >>> report.inputs[0].dtype                                                         # doctest: +SKIP
+        'int16'
+    """
+    from tfcompress.export.convert import check_io_dtype, export_report
+
+    if quantization not in FILE_QUANTIZATIONS:
+        raise TfcompressError(f"unknown quantization {quantization!r}", "quantization",
+                              f"use one of {FILE_QUANTIZATIONS}")
+    model = load_tflite(float_tflite)
+    where = model.path or "<bytes>"
+    _check_float_file(model)
+    if quantization == "int4":
+        io_dtype = io_dtype or "int8"
+        if io_dtype not in _IO["int4"]:
+            raise TfcompressError(f"io_dtype={io_dtype!r} does not go with quantization='int4'", "io_dtype",
+                                  "use io_dtype='int8' (ai-edge-quantizer's static recipe quantizes the I/O)")
+    else:
+        io_dtype = check_io_dtype(quantization, io_dtype)
+    if precision and quantization == "int16x8":
+        raise PrecisionError("per-layer precision goes with quantization='int8' or 'int4', not 'int16x8'",
+                             "precision", "use quantization='int8' with precision={name: 'int4'}")
+    target = _check_target(out_path)
+    by_op = {}
+    if precision:
+        by_op = (ops_by_keras_layer(_keras_model, model, precision) if _keras_model is not None
+                 else ops_by_tensor_name(model, precision))
+    samples = representative_samples(representative_data, _file_specs(model), calibration_samples)
+    plan = _int4_plan(model, quantization, by_op) if quantization == "int4" or precision else None
+    started = time.perf_counter()
+    try:
+        if plan is not None:
+            data = _quantize_int4(model, samples, plan)
+        else:
+            data = _quantize_calibrator(model, samples, quantization, io_dtype, allow_float_fallback)
+    except TfcompressError:
+        raise
+    except Exception as exc:
+        message = str(exc).strip().splitlines()
+        raise ConversionError(
+            f"quantizing the float file failed: {message[0][:400] if message else type(exc).__name__}", where,
+            "check that every op has an integer kernel in this mode (allow_float_fallback=True keeps the rest "
+            "in float)") from None
+    seconds = time.perf_counter() - started
+    parsed = load_tflite(data)
+    float_ops = [f"{op.name}#{op.index}" for op in parsed.float_ops()]
+    if float_ops and not allow_float_fallback:
+        raise FloatFallbackError(float_ops, str(target), mode=quantization)
+    notes = []
+    if parsed.external_buffers:
+        from tfcompress.export.buffers import inline_buffers
+
+        notes.append(f"moved {len(parsed.external_buffers)} buffer(s) stored after the flatbuffer inside it "
+                     "(TFLite Micro reads only those)")
+        parsed = inline_buffers(data, target)
+    else:
+        write_bytes_atomic(target, data)
+        parsed = load_tflite(target)
+    if plan is not None:
+        int4 = sum(t.dtype == "INT4" for t in parsed.tensors[0])
+        notes.append(f"{int4} weight tensor(s) int4 (ai-edge-quantizer), the rest int8")
+    return export_report(parsed, str(target), "int4" if plan else quantization, io_dtype, len(samples),
+                         seconds, notes, float_ops)
