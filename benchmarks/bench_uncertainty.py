@@ -118,6 +118,20 @@ def single_posterior(model):
     return keras.Model(x, UncertaintyHead(name="uncertainty")(z), name="single")
 
 
+def calibrated_single(model, data):
+    """One model with temperature scaling fitted on the held-out split, T folded into its logits."""
+    from tfcompress.uncertainty import fit_temperature, scale_logits
+
+    t = fit_temperature(model.predict(data.x_val, batch_size=512, verbose=0), data.y_val)
+    return scale_logits(model, 1.0 / t), t
+
+
+def raw_nll(logits: np.ndarray, y: np.ndarray) -> float:
+    from tfcompress.uncertainty import tempered_nll
+
+    return round(tempered_nll(logits, y, 1.0), 4)
+
+
 def evaluate_row(name: str, path: Path, keras_model, data, ood, extra: dict) -> dict:
     from tfcompress.export import load_tflite, to_micro
     from tfcompress.metrics import tflite_macs
@@ -163,6 +177,7 @@ def evaluate_row(name: str, path: Path, keras_model, data, ood, extra: dict) -> 
         "MACs": sum(r["macs"] for r in tflite_macs(parsed)),
         "int8 ops": f"{parsed.int8_coverage():.0%}",
         "_path": str(path),
+        "_probs": tfl_in["probs"],
     }
     row.update(extra)
     return row
@@ -175,12 +190,41 @@ def add_ratios(rows: list[dict]) -> None:
             row[f"{column} vs single"] = round(row[column] / base[column], 3)
 
 
+def plot_rows(rows: list[dict], data) -> list[Path]:
+    """Reliability diagrams, accuracy-rejection curves and size / NLL of the int8 files (PNG)."""
+    try:
+        import tfcompress.plots as plots
+    except ImportError:
+        return []
+    from tfcompress.errors import TfcompressError
+    from tfcompress.uncertainty.metrics import reliability_diagram, selective_prediction
+
+    shown = [r for r in rows if r["model"].split()[0] in ("single", "ensemble", "mc_dropout", "cSGHMC",
+                                                           "shared-structure", "bdk")]
+    try:
+        return [
+            Path(plots.reliability_plot({r["model"]: reliability_diagram(r["_probs"], data.y_test) for r in shown},
+                                        harness.figure_path("uncertainty_reliability.png"),
+                                        title="int8 files on LiteRT, Fashion-MNIST test")),
+            Path(plots.rejection_plot({r["model"]: selective_prediction(r["_probs"], data.y_test) for r in shown},
+                                      harness.figure_path("uncertainty_rejection.png"),
+                                      title="reject the least confident first")),
+            Path(plots.pareto_plot(rows, "int8 bytes", "NLL", harness.figure_path("uncertainty_pareto.png"),
+                                   title="int8 file size against NLL", log_x=True)),
+        ]
+    except TfcompressError as exc:  # matplotlib missing: the tables are still the result
+        print(f"no plots: {exc}")
+        return []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="train on this many samples (smoke run)")
     parser.add_argument("--train", type=int, default=20000, help="training images (of 60,000)")
+    parser.add_argument("--val", type=int, default=5000,
+                        help="held-out training images after the first --train, for temperature scaling only")
     parser.add_argument("--test", type=int, default=5000, help="test images (of 10,000); OOD sets: 2,000 each")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "uncertainty")
     args = parser.parse_args()
@@ -192,7 +236,11 @@ def main() -> None:
     from tfcompress.pruning import ConstantSparsity
     from tfcompress.uncertainty import ensemble, mc_dropout
 
-    data = load_data(args.limit or args.train)
+    train_n = args.limit or args.train
+    val_n = min(args.val, 1000) if args.limit else args.val
+    data = load_data(train_n + val_n)
+    data.x_val, data.y_val = data.x_train[train_n:], data.y_train[train_n:]
+    data.x_train, data.y_train = data.x_train[:train_n], data.y_train[:train_n]
     test_n = 2000 if args.limit else args.test
     data.x_test, data.y_test = data.x_test[:test_n], data.y_test[:test_n]
     ood = ood_sets(data, min(test_n, 2000))
@@ -203,27 +251,47 @@ def main() -> None:
     rows: list[dict] = []
 
     def export(name: str, posterior_or_model, extra: dict) -> None:
+        """Temperature-scale on the held-out split (T folded in), export int8, evaluate the file."""
         path = out / f"{name.split()[0].lower()}.tflite"
-        from tfcompress.export import to_tflite
+        from tfcompress.export import strip_tensor_names, to_tflite
 
         if hasattr(posterior_or_model, "to_tflite"):
+            raw = raw_nll(posterior_or_model.member_logits(data.x_test), data.y_test)
+            posterior_or_model = posterior_or_model.calibrate(data.x_val, data.y_val)
             posterior_or_model.to_tflite(path, calibration, compare_single=False)
-            model = posterior_or_model.model
+            model, t = posterior_or_model.model, posterior_or_model.temperature
         else:
-            to_tflite(posterior_or_model, path, "int8", calibration, dense_as_conv=True)
-            model = posterior_or_model
+            raw = raw_nll(posterior_or_model.predict(data.x_test, batch_size=512, verbose=0), data.y_test)
+            model, t = calibrated_single(posterior_or_model, data)
+            model = single_posterior(model)
+            to_tflite(model, path, "int8", calibration, dense_as_conv=True)
+            strip_tensor_names(path, path)  # as Posterior.to_tflite does
+        extra = {"T": round(t, 3), "NLL float (T=1)": raw, **extra}
         rows.append(evaluate_row(name, path, model, data, ood, extra))
         print(public(rows[-1:]), flush=True)
 
     # single model (the reference of every ratio)
     members = [train(cnn(seed), data, epochs, seed) for seed in range(args.members)]
-    export("single", single_posterior(members[0]), {"members": 1})
+    export("single", members[0], {"members": 1})
 
     # deep ensemble (Lakshminarayanan et al. 2017): S independently trained members
     export(f"ensemble S={args.members}", ensemble(members), {"members": args.members})
 
     # MC dropout: S=8 frozen masks over the single model's weights
     export("mc_dropout S=8", mc_dropout(members[0], samples=8, seed=0), {"members": 8})
+
+    # cyclical SG-MCMC (Zhang et al. 2020): cSGHMC along 5 cycles, the last sample of each cycle
+    from tfcompress.uncertainty import SGHMC, CyclicalSGMCMC
+
+    steps = -(-len(data.x_train) // 128)
+    sgld_cycle = max(1, epochs * 2 // args.members) * steps
+    sampler = CyclicalSGMCMC(cycles=args.members, steps_per_cycle=sgld_cycle, initial_learning_rate=0.05,
+                             exploration=0.8, samples_per_cycle=1)
+    # friction 0.1: the dynamics of SGD with momentum 0.9 (the snapshot row's optimizer) plus the noise
+    sgld_model = train(cnn(40, dropout=0.0), data, sgld_cycle * args.members // steps, 40, callbacks=[sampler],
+                       optimizer=SGHMC(0.05, friction=0.1, dataset_size=len(data.x_train), seed=0))
+    export(f"cSGHMC S={len(sampler.samples)}", ensemble(sampler.members(sgld_model), name="csghmc"),
+           {"members": len(sampler.samples)})
 
     # snapshot ensemble (Huang et al. 2017): S cosine cycles of SGD with momentum, one snapshot each
     from tfcompress.uncertainty import (
@@ -234,7 +302,6 @@ def main() -> None:
         mimo_model,
     )
 
-    steps = -(-len(data.x_train) // 128)
     per_cycle = max(1, epochs * 2 // args.members) * steps
     snapshot = SnapshotEnsemble(cycles=args.members, steps_per_cycle=per_cycle, initial_learning_rate=0.05)
     snap_model = train(cnn(50), data, per_cycle * args.members // steps, 50, callbacks=[snapshot],
@@ -279,18 +346,25 @@ def main() -> None:
     distiller = bayesian_dark_knowledge(cnn(80), members, temperature=1.0, alpha=0.0)
     distiller.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     distiller.fit(transfer_dataset(data.x_train, data.y_train, noise_std=0.1, batch_size=128, seed=0),
-                  epochs=epochs, verbose=0)
-    export("bdk student", single_posterior(distiller.student), {"members": 1})
+                  epochs=2 * epochs, verbose=0)
+    export("bdk student", distiller.student, {"members": 1})
 
     # EnD^2 (Malinin et al. 2020): the student's outputs are Dirichlet log-concentrations
     end2 = EnsembleDistributionDistiller(cnn(90), members, temperature=2.5)
     end2.compile(keras.optimizers.Adam(2e-3))
     end2.fit(data.x_train, epochs=epochs, batch_size=128, verbose=0,
              callbacks=[TemperatureAnnealing(2.5, hold_epochs=max(1, epochs // 3), decay_epochs=max(1, epochs // 3))])
-    export("end2 student", uncertainty_model(end2.student, "end2"), {"members": 1})
+    end2_model = uncertainty_model(end2.student, "end2")
+    end2_path = out / "end2.tflite"
+    from tfcompress.export import strip_tensor_names, to_tflite
+
+    to_tflite(end2_model, end2_path, "int8", calibration, dense_as_conv=True)
+    strip_tensor_names(end2_path, end2_path)
+    rows.append(evaluate_row("end2 student", end2_path, end2_model, data, ood, {"T": "n/a", "members": 1}))
 
     add_ratios(rows)
     add_latency(rows, runs=300)
+    figures = plot_rows(rows, data)
     columns = [c for c in public(rows)[0] if c != "members"] + ["members"]
     harness.record(
         "uncertainty",
@@ -301,7 +375,14 @@ def main() -> None:
                "int8 file on LiteRT (XNNPACK); NLL from the file's probs and log_probs outputs "
                "(uncertainty.metrics.negative_log_likelihood)",
                "AUROC: in-distribution test set against each OOD set, scored by the named uncertainty",
-               "TFLM = LiteRT-ref: to_micro on 8 test images, every output bit for bit"],
+               "TFLM = LiteRT-ref: to_micro on 8 test images, every output bit for bit",
+               f"temperature scaling (Posterior.calibrate, Guo et al. 2017): one T per row fitted on "
+               f"{len(data.x_val):,} held-out training images, folded into the members' logit layers; "
+               "'NLL float (T=1)' is the uncalibrated Keras model on the test set, every other metric is "
+               "the calibrated int8 file's; the EnD^2 student (Dirichlet outputs) is not temperature-scaled",
+               "tensor names stripped from every file (Posterior.to_tflite(strip_names=True), "
+               "tfcompress.export.strip_tensor_names)"],
+        figures=figures,
     )
     print(harness.table(columns, public(rows)))
 

@@ -59,9 +59,19 @@ def command_line() -> str:
     return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
 
 
+def figure_path(file_name: str) -> Path:
+    """Where a benchmark writes a PNG: beside its JSON (benchmarks/results/, or out/smoke on a smoke run)."""
+    out_dir = SMOKE_DIR if is_smoke_run() else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir / file_name
+
+
 def record(name: str, title: str, columns: list[str], rows: list[dict], notes: list[str] | None = None,
-           extra: dict | None = None) -> Path:
-    """Write benchmarks/results/NAME.json and re-render RESULTS.md."""
+           extra: dict | None = None, figures: list[Path] | None = None) -> Path:
+    """Write benchmarks/results/NAME.json and re-render RESULTS.md.
+
+    ``figures``: PNGs written with `figure_path`, shown under the table in RESULTS.md and the README.
+    """
     from tfcompress._io import write_text_atomic
 
     smoke = is_smoke_run()
@@ -78,6 +88,7 @@ def record(name: str, title: str, columns: list[str], rows: list[dict], notes: l
         "rows": rows,
         "notes": notes or [],
         "extra": extra or {},
+        "figures": [Path(f).name for f in figures or []],
     }
     path = out_dir / f"{name}.json"
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
@@ -141,6 +152,7 @@ def render() -> str:
             "",
         ]
         sections += [f"- {note}" for note in data.get("notes", [])]
+        sections += ["", *(f"![{f}](results/{f})" for f in data.get("figures", []))]
         sections.append("")
     text = "\n".join(sections).rstrip() + "\n"
     write_text_atomic(RESULTS_MD, text)
@@ -164,6 +176,7 @@ def readme_block() -> str:
         parts += [f"**{data['title']}** (`{data['command']}`; {where}; {libs}; {data['date']}):", "",
                   table(data["columns"], data["rows"]), ""]
         parts += [f"- {note}" for note in data.get("notes", [])]
+        parts += ["", *(f"![{f}](benchmarks/results/{f})" for f in data.get("figures", []))]
         parts.append("")
     return "\n".join(parts).rstrip()
 

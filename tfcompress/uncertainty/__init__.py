@@ -16,6 +16,7 @@ from tfcompress.uncertainty.batch_ensemble import (
     mimo_members,
     mimo_model,
 )
+from tfcompress.uncertainty.calibration import fit_temperature, scale_logits, tempered_nll
 from tfcompress.uncertainty.collect import CyclicalSGMCMC, SnapshotEnsemble, train_deep_ensemble
 from tfcompress.uncertainty.distill import (
     DirichletHead,
@@ -88,6 +89,7 @@ __all__ = [
     "evaluate_posterior",
     "evaluate_tflite_uncertainty",
     "evaluate_uncertainty",
+    "fit_temperature",
     "from_stacked",
     "gped_loss",
     "gped_student",
@@ -99,7 +101,9 @@ __all__ = [
     "register_dropout",
     "run_tflite",
     "sample_members",
+    "scale_logits",
     "storage_accounting",
+    "tempered_nll",
     "train_deep_ensemble",
     "transfer_dataset",
     "uncertainty_model",

@@ -271,4 +271,6 @@ def mc_dropout(model, samples: int = 8, *, seed: int = 0, layers: list[str] | No
     # [batch * S, C] -> [batch, S, C]; a Reshape layer would insist on the static sizes matching
     logits = ops.reshape(body.outputs[0], (-1, samples, classes))
     logits_model = keras.Model(body.inputs, logits, name=name or f"{model.name}_mc_dropout")
-    return Posterior(logits_model, kind="mc_dropout", single=model)
+    return Posterior(logits_model, kind="mc_dropout", single=model,
+                     rebuild=lambda transform: mc_dropout(transform(model), samples, seed=seed, layers=layers,
+                                                          name=name))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ class Posterior:
         (['data', 'knowledge', 'log_probs', 'probs', 'total'], (5, 3))
     """
 
-    def __init__(self, logits_model, *, kind: str, single=None):
+    def __init__(self, logits_model, *, kind: str, single=None,
+                 rebuild: Callable[[Callable], Posterior] | None = None, temperature: float = 1.0):
         shape = tuple(logits_model.outputs[0].shape) if getattr(logits_model, "outputs", None) else ()
         if len(shape) != 3 or shape[1] is None or shape[2] is None:
             raise TfcompressError(
@@ -120,6 +122,10 @@ class Posterior:
         self.classes = int(shape[2])
         self.kind = kind
         self.single = single
+        self.temperature = float(temperature)
+        # rebuild(transform) builds the same posterior from transform(member) for each member
+        # model (ensemble, mc_dropout); with_temperature uses it to fold 1 / T into the members
+        self._rebuild = rebuild
         inputs = logits_model.inputs[0] if len(logits_model.inputs) == 1 else logits_model.inputs
         self.model = keras.Model(inputs, UncertaintyHead(name="uncertainty")(logits_model.outputs[0]),
                                  name=f"{logits_model.name}_posterior")
@@ -137,6 +143,65 @@ class Posterior:
         """The float64 NumPy reference of the outputs (:func:`decompose` of the member logits)."""
         return decompose(self.member_logits(x, batch_size))
 
+    def with_temperature(self, temperature: float) -> Posterior:
+        """The same posterior with every member's logits divided by ``temperature``.
+
+        Folded into each member's last ``Dense`` / ``Conv`` where it is linear (no op is added
+        to the file); a ``Rescaling`` layer (one int8 ``MUL``) otherwise
+        (:func:`tfcompress.uncertainty.calibration.scale_logits`). ``self`` is unchanged.
+
+        Example:
+            >>> import keras, numpy as np
+            >>> from tfcompress.uncertainty import ensemble
+            >>> members = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]) for _ in range(2)]
+            >>> x = np.ones((2, 4), "float32")
+            >>> posterior = ensemble(members)
+            >>> warm = posterior.with_temperature(2.0)
+            >>> bool(np.allclose(warm.member_logits(x), posterior.member_logits(x) / 2.0, atol=1e-5))
+            True
+        """
+        from tfcompress.uncertainty.calibration import scale_logits
+
+        temperature = float(temperature)
+        if not np.isfinite(temperature) or temperature <= 0.0:
+            raise TfcompressError(f"the temperature must be finite and > 0, got {temperature}",
+                                  self.logits_model.name, "fit one with Posterior.calibrate(x_val, y_val)")
+        factor = self.temperature / temperature  # relative to the temperature already folded in
+        if self._rebuild is not None:
+            tempered = self._rebuild(lambda member: scale_logits(member, factor))
+        else:
+            x = self.logits_model.inputs[0]
+            z = keras.layers.Rescaling(factor, name="temperature")(self.logits_model.outputs[0])
+            tempered = Posterior(keras.Model(x, z, name=f"{self.logits_model.name}_tempered"),
+                                 kind=self.kind, single=self.single)
+        tempered.temperature = temperature
+        return tempered
+
+    def calibrate(self, x, y, *, batch_size: int = 256) -> Posterior:
+        """Temperature scaling (Guo et al. 2017, sec. 4.2) fitted on held-out ``(x, y)``.
+
+        One ``T`` shared by all members minimises the NLL of the posterior predictive on
+        ``(x, y)`` (:func:`tfcompress.uncertainty.calibration.fit_temperature`), then
+        :meth:`with_temperature` folds it in. Use data the members were not trained on.
+
+        Returns:
+            The calibrated posterior; its ``temperature`` attribute is ``T``.
+
+        Example:
+            >>> import keras, numpy as np
+            >>> from tfcompress.uncertainty import ensemble
+            >>> members = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]) for _ in range(2)]
+            >>> rng = np.random.default_rng(0)
+            >>> x, y = rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 3, 64)
+            >>> calibrated = ensemble(members).calibrate(x, y)
+            >>> calibrated.temperature > 0
+            True
+        """
+        from tfcompress.uncertainty.calibration import fit_temperature
+
+        logits = self.member_logits(x, batch_size) * self.temperature  # back to the members' own logits
+        return self.with_temperature(fit_temperature(logits, np.asarray(y)))
+
     def save(self, path: str | os.PathLike) -> None:
         """Save the combined model (head included) as a ``.keras`` file.
 
@@ -146,7 +211,8 @@ class Posterior:
 
     def to_tflite(self, path: str | os.PathLike, representative_data=None, *, io_dtype: str | None = None,
                   calibration_samples: int | None = None, compare_single: bool = True,
-                  micro: bool = False, micro_samples: np.ndarray | None = None) -> PosteriorExport:
+                  micro: bool = False, micro_samples: np.ndarray | None = None,
+                  strip_names: bool = True) -> PosteriorExport:
         """Export as one full-int8, single-subgraph TFLite file with the outputs as named signature outputs.
 
         Dense layers are written as 1x1 convolutions (``dense_as_conv``), so TFLite Micro
@@ -161,6 +227,9 @@ class Posterior:
             micro: run both files on TFLite Micro (:func:`tfcompress.export.to_micro`) to
                 measure the arenas and check TFLM against LiteRT's reference kernels.
             micro_samples: inputs for that check (default: the first 16 calibration samples).
+            strip_names: drop the names of intermediate and constant tensors
+                (:func:`tfcompress.export.strip_tensor_names`): S members carry S times the
+                converter's names, flash the device never reads (the outputs keep theirs).
 
         Raises:
             ConversionError: a random op or a layer that would run differently on the device is
@@ -173,7 +242,7 @@ class Posterior:
             >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
             >>> report = ensemble(members).to_tflite("/tmp/posterior.tflite", x)   # doctest: +SKIP
         """
-        from tfcompress.export import load_tflite, to_micro, to_tflite
+        from tfcompress.export import load_tflite, strip_tensor_names, to_micro, to_tflite
         from tfcompress.export.convert import DEFAULT_CALIBRATION_SAMPLES
         from tfcompress.metrics import tflite_macs
 
@@ -181,7 +250,7 @@ class Posterior:
         samples = DEFAULT_CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples
         to_tflite(self.model, path, "int8", representative_data, io_dtype, calibration_samples=samples,
                   dense_as_conv=True)
-        parsed = load_tflite(path)
+        parsed = strip_tensor_names(path, path) if strip_names else load_tflite(path)
         random_ops = [op for op in parsed.ops if op.name in RANDOM_OPS]
         if random_ops:
             Path(path).unlink(missing_ok=True)
@@ -201,7 +270,7 @@ class Posterior:
             single_path = Path(tempfile.mkdtemp(prefix="tfcompress_single_")) / "single.tflite"
             to_tflite(self.single, single_path, "int8", representative_data, io_dtype,
                       calibration_samples=samples, dense_as_conv=True)
-            single = load_tflite(single_path)
+            single = strip_tensor_names(single_path, single_path) if strip_names else load_tflite(single_path)
             report.single_size_bytes = single.size_bytes
             report.single_macs = sum(r["macs"] for r in tflite_macs(single))
             report.size_ratio = report.size_bytes / report.single_size_bytes
@@ -260,7 +329,8 @@ def ensemble(members, *, name: str = "ensemble") -> Posterior:
     x = keras.Input(shape=input_shape, name=members[0].inputs[0].name.split(":")[0])
     stacked = [keras.layers.Reshape((1, classes), name=f"member_{i}_logits")(m(x)) for i, m in enumerate(members)]
     logits = keras.layers.Concatenate(axis=1, name="members")(stacked)
-    return Posterior(keras.Model(x, logits, name=name), kind="ensemble", single=members[0])
+    return Posterior(keras.Model(x, logits, name=name), kind="ensemble", single=members[0],
+                     rebuild=lambda transform: ensemble([transform(m) for m in members], name=name))
 
 
 def from_stacked(model, *, single=None, kind: str = "stacked") -> Posterior:
