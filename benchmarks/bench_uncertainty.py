@@ -253,7 +253,7 @@ def main() -> None:
     def export(name: str, posterior_or_model, extra: dict) -> None:
         """Temperature-scale on the held-out split (T folded in), export int8, evaluate the file."""
         path = out / f"{name.split()[0].lower()}.tflite"
-        from tfcompress.export import strip_tensor_names, to_tflite
+        from tfcompress.export import compact_tflite, to_tflite
 
         if hasattr(posterior_or_model, "to_tflite"):
             raw = raw_nll(posterior_or_model.member_logits(data.x_test), data.y_test)
@@ -265,7 +265,7 @@ def main() -> None:
             model, t = calibrated_single(posterior_or_model, data)
             model = single_posterior(model)
             to_tflite(model, path, "int8", calibration, dense_as_conv=True)
-            strip_tensor_names(path, path)  # as Posterior.to_tflite does
+            compact_tflite(path, path)  # as Posterior.to_tflite does
         extra = {"T": round(t, 3), "NLL float (T=1)": raw, **extra}
         rows.append(evaluate_row(name, path, model, data, ood, extra))
         print(public(rows[-1:]), flush=True)
@@ -356,10 +356,10 @@ def main() -> None:
              callbacks=[TemperatureAnnealing(2.5, hold_epochs=max(1, epochs // 3), decay_epochs=max(1, epochs // 3))])
     end2_model = uncertainty_model(end2.student, "end2")
     end2_path = out / "end2.tflite"
-    from tfcompress.export import strip_tensor_names, to_tflite
+    from tfcompress.export import compact_tflite, to_tflite
 
     to_tflite(end2_model, end2_path, "int8", calibration, dense_as_conv=True)
-    strip_tensor_names(end2_path, end2_path)
+    compact_tflite(end2_path, end2_path)
     rows.append(evaluate_row("end2 student", end2_path, end2_model, data, ood, {"T": "n/a", "members": 1}))
 
     add_ratios(rows)
@@ -380,8 +380,8 @@ def main() -> None:
                f"{len(data.x_val):,} held-out training images, folded into the members' logit layers; "
                "'NLL float (T=1)' is the uncalibrated Keras model on the test set, every other metric is "
                "the calibrated int8 file's; the EnD^2 student (Dirichlet outputs) is not temperature-scaled",
-               "tensor names stripped from every file (Posterior.to_tflite(strip_names=True), "
-               "tfcompress.export.strip_tensor_names)"],
+               "every file compacted (Posterior.to_tflite(compact=True), tfcompress.export.compact_tflite: "
+               "no intermediate tensor names, redundant shape signatures or empty buffers)"],
         figures=figures,
     )
     print(harness.table(columns, public(rows)))

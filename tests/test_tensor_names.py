@@ -45,3 +45,29 @@ def test_strip_refuses_a_file_that_is_not_tflite(tmp_path):
     with pytest.raises(InvalidModelFileError):
         strip_tensor_names(bad, tmp_path / "out.tflite")
     assert not (tmp_path / "out.tflite").exists()
+
+
+def test_compact_file_computes_the_same_in_fewer_bytes(tmp_path):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6, 6, 2))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    b = keras.layers.Conv2D(4, 1)(inputs)
+    h = keras.layers.Flatten()(keras.layers.Add()([a, b]))
+    model = keras.Model(inputs, keras.layers.Dense(3)(h))
+    x = np.random.default_rng(1).normal(size=(16, 6, 6, 2)).astype("float32")
+    full = tmp_path / "full.tflite"
+    to_tflite(model, full, "int8", x)
+    from tfcompress.export import compact_tflite
+
+    compact = compact_tflite(full, tmp_path / "compact.tflite")
+    named = strip_tensor_names(full, tmp_path / "named_only.tflite")
+    before = load_tflite(full)
+    assert compact.size_bytes < named.size_bytes < before.size_bytes
+    assert compact.op_counts() == before.op_counts() and compact.weight_stats() == before.weight_stats()
+    # every constant tensor keeps its bytes; every other tensor now reads the empty buffer 0
+    constants = lambda m: sorted(bytes(m._buffers[t.buffer]) for t in m.tensors[0] if t.constant)  # noqa: E731
+    assert constants(compact) == constants(before)
+    assert all(t.buffer == 0 for t in compact.tensors[0] if not t.constant)
+    assert [t.shape_signature for t in compact.tensors[0]] == [t.shape_signature for t in before.tensors[0]]
+    np.testing.assert_array_equal(_outputs(compact.path, x), _outputs(full, x))
+    assert to_micro(compact.path, tmp_path / "micro", samples=x[:4]).identical

@@ -9,7 +9,7 @@ from tfcompress.export.edgetpu import EdgeTPUReport, edgetpu_report
 from tfcompress.export.micro import MicroReport, to_micro
 from tfcompress.export.precision import PrecisionError, quantize_tflite
 from tfcompress.export.runtime import Agreement, Evaluation, ModelRunner, agreement, evaluate
-from tfcompress.export.tensor_names import strip_tensor_names
+from tfcompress.export.tensor_names import compact_tflite, strip_tensor_names
 from tfcompress.export.tflite_file import TFLiteModel, gzip_size, load_tflite, validate_tflite
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "TFLiteModel",
     "agreement",
     "benchmark",
+    "compact_tflite",
     "compare",
     "edgetpu_report",
     "evaluate",

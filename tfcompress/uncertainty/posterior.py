@@ -212,7 +212,7 @@ class Posterior:
     def to_tflite(self, path: str | os.PathLike, representative_data=None, *, io_dtype: str | None = None,
                   calibration_samples: int | None = None, compare_single: bool = True,
                   micro: bool = False, micro_samples: np.ndarray | None = None,
-                  strip_names: bool = True) -> PosteriorExport:
+                  compact: bool = True) -> PosteriorExport:
         """Export as one full-int8, single-subgraph TFLite file with the outputs as named signature outputs.
 
         Dense layers are written as 1x1 convolutions (``dense_as_conv``), so TFLite Micro
@@ -227,9 +227,9 @@ class Posterior:
             micro: run both files on TFLite Micro (:func:`tfcompress.export.to_micro`) to
                 measure the arenas and check TFLM against LiteRT's reference kernels.
             micro_samples: inputs for that check (default: the first 16 calibration samples).
-            strip_names: drop the names of intermediate and constant tensors
-                (:func:`tfcompress.export.strip_tensor_names`): S members carry S times the
-                converter's names, flash the device never reads (the outputs keep theirs).
+            compact: drop what no interpreter reads (:func:`tfcompress.export.compact_tflite`:
+                intermediate tensor names, shape signatures equal to the shapes, empty buffers):
+                S members carry S times the converter's names (the outputs keep theirs).
 
         Raises:
             ConversionError: a random op or a layer that would run differently on the device is
@@ -242,7 +242,7 @@ class Posterior:
             >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
             >>> report = ensemble(members).to_tflite("/tmp/posterior.tflite", x)   # doctest: +SKIP
         """
-        from tfcompress.export import load_tflite, strip_tensor_names, to_micro, to_tflite
+        from tfcompress.export import compact_tflite, load_tflite, to_micro, to_tflite
         from tfcompress.export.convert import DEFAULT_CALIBRATION_SAMPLES
         from tfcompress.metrics import tflite_macs
 
@@ -250,7 +250,7 @@ class Posterior:
         samples = DEFAULT_CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples
         to_tflite(self.model, path, "int8", representative_data, io_dtype, calibration_samples=samples,
                   dense_as_conv=True)
-        parsed = strip_tensor_names(path, path) if strip_names else load_tflite(path)
+        parsed = compact_tflite(path, path) if compact else load_tflite(path)
         random_ops = [op for op in parsed.ops if op.name in RANDOM_OPS]
         if random_ops:
             Path(path).unlink(missing_ok=True)
@@ -270,7 +270,7 @@ class Posterior:
             single_path = Path(tempfile.mkdtemp(prefix="tfcompress_single_")) / "single.tflite"
             to_tflite(self.single, single_path, "int8", representative_data, io_dtype,
                       calibration_samples=samples, dense_as_conv=True)
-            single = strip_tensor_names(single_path, single_path) if strip_names else load_tflite(single_path)
+            single = compact_tflite(single_path, single_path) if compact else load_tflite(single_path)
             report.single_size_bytes = single.size_bytes
             report.single_macs = sum(r["macs"] for r in tflite_macs(single))
             report.size_ratio = report.size_bytes / report.single_size_bytes
