@@ -172,6 +172,7 @@ def test_int4_weights_numbers_litert_and_tflm(tmp_path, cnn, data):
     assert not parsed.external_buffers
     int8 = to_tflite(cnn, tmp_path / "int8.tflite", "int8", representative_data=data)
     assert report.size_bytes < int8.size_bytes
+    assert any("unpacks int4" in note for note in report.notes)
     by_name = {op.name: op for op in parsed.ops}
     assert _weight(parsed, by_name["DEPTHWISE_CONV_2D"]).dtype == "INT8"
     fc2 = [op for op in parsed.ops if op.name == "FULLY_CONNECTED"][-1]
@@ -197,7 +198,8 @@ def test_per_layer_precision(tmp_path, cnn, data, float_file):
     parsed = load_tflite(report.path)
     int4 = [t.name for t in parsed.tensors[0] if t.dtype == "INT4"]
     assert len(int4) == 1 and "fc1" in int4[0]
-    assert report.layers.row("FULLY_CONNECTED x2").action == "int8 activations, int4 weights"
+    assert report.layers.row("FULLY_CONNECTED x1 int4").action == "int8 activations, int4 weights"
+    assert report.layers.row("FULLY_CONNECTED x1").action == "int8"
     # the other way round: int4 everywhere but the conv
     rest = to_tflite(cnn, tmp_path / "rest.tflite", "int4", representative_data=data, precision={"conv": "int8"})
     assert load_tflite(rest.path).summary()["int4_tensors"] == 2
@@ -206,6 +208,21 @@ def test_per_layer_precision(tmp_path, cnn, data, float_file):
                    if op.name == "FULLY_CONNECTED")
     by_file = quantize_tflite(float_file, tmp_path / "by_file.tflite", data, precision={fc1_out: "int4"})
     assert load_tflite(by_file.path).summary()["int4_tensors"] == 1
+    # ai-edge-quantizer's int8, calibrated as the converter calibrates: to_tflite's int8 ranges and weights
+    all8 = quantize_tflite(float_file, tmp_path / "all8.tflite", data, precision={fc1_out: "int8"})
+    direct = load_tflite(to_tflite(cnn, tmp_path / "direct8.tflite", "int8", representative_data=data).path)
+    ours = load_tflite(all8.path)
+    for op_a, op_b in zip(direct.ops, ours.ops, strict=True):
+        for i, j in zip(list(op_a.inputs) + list(op_a.outputs), list(op_b.inputs) + list(op_b.outputs), strict=True):
+            if i < 0:
+                continue
+            ta, tb = direct.tensor(i), ours.tensor(j)
+            assert ta.dtype == tb.dtype
+            if ta.quantization is not None:
+                np.testing.assert_allclose(ta.quantization.scales, tb.quantization.scales, rtol=1e-5)
+            va, vb = direct.constant_values(ta), ours.constant_values(tb)
+            if va is not None:
+                assert np.max(np.abs(va.astype(np.int64) - vb.astype(np.int64))) <= 1  # a rounding tie at most
     for bad, match in (({"nope": "int4"}, "no layer named 'nope'"), ({"dw": "int4"}, "cannot take int4"),
                        ({"fc1": "int3"}, "unknown precision")):
         with pytest.raises(PrecisionError, match=match):
@@ -226,6 +243,10 @@ def test_int4_buffers_inside_for_tflm(tmp_path):
     assert not parsed.external_buffers and parsed.summary()["int4_tensors"] == 2
     micro = to_micro(parsed.path, tmp_path / "micro", samples=samples[:2])
     assert micro.max_diff_reference <= 1
+    # TFLM unpacks int4 weights to int8 in its arena: the activations take ~8 KB, the arena the
+    # 64 x 8192 unpacked weights on top
+    assert report.size_bytes < 0.6 * (64 * 8192 + 8192 * 10)
+    assert micro.arena_total_bytes >= 64 * 8192
 
 
 def test_cli_quantizes_a_float_tflite(tmp_path, data, float_file, capsys):

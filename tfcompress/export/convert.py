@@ -484,7 +484,10 @@ def layer_report(parsed: TFLiteModel, quantization: str | None, float_ops: list[
     left: dict[str, list[str]] = {}
     for described in float_ops if quantization in INTEGER_MODES else ():
         left.setdefault(described.split("#")[0], []).append(described)
-    int4_ops = {op.name for op in parsed.ops if any(t.dtype == "INT4" for t in parsed.op_tensors(op))}
+    int4_ops: dict[str, int] = {}  # op kind -> ops with int4 weights
+    for op in parsed.ops:
+        if any(t.dtype == "INT4" for t in parsed.op_tensors(op)):
+            int4_ops[op.name] = int4_ops.get(op.name, 0) + 1
     mode = {"int8": "int8", "int16x8": "int16 activations, int8 weights", "int4": "int8",
             "float16": "float16 weights", "dynamic": "int8 weights, float activations",
             None: "float32"}[quantization]
@@ -495,7 +498,11 @@ def layer_report(parsed: TFLiteModel, quantization: str | None, float_ops: list[
             report.add(f"{kind} x{done}", kind, mode, f"TFLite Micro: {problems[kind]}",
                        "keep this op out of a model for TFLite Micro in int16x8 (or export int8)", important=True)
         elif done:
-            report.add(f"{kind} x{done}", kind, "int8 activations, int4 weights" if kind in int4_ops else mode)
+            four = int4_ops.get(kind, 0)
+            if four:
+                report.add(f"{kind} x{four} int4", kind, "int8 activations, int4 weights")
+            if done - four:
+                report.add(f"{kind} x{done - four}", kind, mode)
     for kind, ops in sorted(left.items()):
         for described in ops:
             report.add(described, kind, SKIPPED,

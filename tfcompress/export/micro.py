@@ -1028,7 +1028,7 @@ def to_micro(
     else:
         magnitude = max(max(float(np.max(np.abs(o))) if o.size else 0.0 for o in out) for out in ref_outputs)
         identical = err_ref <= float_tolerance * max(1.0, magnitude)
-    notes = []
+    notes = [f"{op} in int16: {why}" for op, why in sorted(TFLM_INT16_DIFFERENT.items()) if op in _int16_ops(model)]
     differences: list[OpDifference] = []
     if not identical:
         differences = per_op_differences(model, runs)

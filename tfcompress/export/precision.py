@@ -15,7 +15,12 @@
   weights; the other ops stay int8 (ai-edge-quantizer 0.10 has no int4 DEPTHWISE_CONV_2D).
   Per-tensor for FULLY_CONNECTED because TFLite Micro refuses per-channel int4 fully connected
   weights (``fully_connected_common.cc``: int4 filters must be per-tensor); with these choices
-  the file runs on LiteRT (builtin and reference kernels) and on TFLite Micro. Buffers stored
+  the file runs on LiteRT (builtin and reference kernels) and on TFLite Micro. TFLite Micro
+  unpacks int4 weights into an int8 scratch buffer of its arena at every invocation: on
+  LeNet-5-Caffe with int4 fc1 the file is 222,944 bytes instead of 450,464 but the measured arena
+  401,312 + 2,800 bytes instead of 14,400 + 6,864 (the report's notes say how much). The ranges
+  are calibrated as the converter calibrates them (global min / max, not ai-edge-quantizer's
+  moving average), so the int8 ops of such a file are ``to_tflite``'s int8 ones. Buffers stored
   after the flatbuffer (ai-edge-quantizer's layout past 256 KiB) are moved inside
   (`tfcompress.export.buffers.inline_buffers`), so TFLite Micro reads the weights.
 
@@ -256,10 +261,21 @@ def _quantize_int4(model: TFLiteModel, samples, plan: Mapping[int, str]) -> byte
     batch = model.inputs[0].shape[0] if model.inputs[0].shape else 1
     calibration = {key: [dict(zip(names, sample, strict=True))
                          for sample in converter_dataset(samples, batch)()]}
+    from ai_edge_quantizer import calibrator, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    # Calibrated as TensorFlow's converter calibrates: each tensor's min and max over all samples.
+    # (Quantizer.calibrate keeps a moving average of per-sample ranges, smoothing 0.95: on
+    # LeNet-5-Caffe its int8 ranges were up to 2x narrower than the converter's and clipped,
+    # worst op SNR 13.7 dB against 42.6 dB; benchmarks/NOTES.md.)
+    recipe = recipe_manager.RecipeManager()
+    recipe.load_quantization_recipe(q.get_quantization_recipe())
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        result = q.calibrate(calibration, num_threads=1)
-        return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+        calibrate = calibrator.Calibrator(bytearray(model.data), num_threads=1,
+                                          qsv_update_func=qsv_utils.min_max_update)
+        calibrate.calibrate(calibration, recipe)
+        return bytes(q.quantize(calibrate.get_model_qsvs(), enable_progress_report=False).quantized_model)
 
 
 def _quantize_calibrator(model: TFLiteModel, samples, quantization: str, io_dtype: str,
@@ -382,7 +398,11 @@ def quantize_tflite(
         write_bytes_atomic(target, data)
         parsed = load_tflite(target)
     if plan is not None:
-        int4 = sum(t.dtype == "INT4" for t in parsed.tensors[0])
-        notes.append(f"{int4} weight tensor(s) int4 (ai-edge-quantizer), the rest int8")
+        int4 = [t for t in parsed.tensors[0] if t.dtype == "INT4"]
+        notes.append(f"{len(int4)} weight tensor(s) int4 (ai-edge-quantizer), the rest int8")
+        if int4:
+            largest = max(int(np.prod(t.shape)) for t in int4)
+            notes.append(f"TFLite Micro unpacks int4 weights to int8 in its tensor arena when it runs: the largest "
+                         f"int4 tensor adds up to {largest:,} bytes of arena (flash shrinks, RAM grows)")
     return export_report(parsed, str(target), "int4" if plan else quantization, io_dtype, len(samples),
                          seconds, notes, float_ops)
