@@ -195,3 +195,29 @@ def test_bad_hints_are_explained():
         Distiller(student, teacher, hints={"conv": "hidden"})
     with pytest.raises(ValueError, match="hint_weight"):
         Distiller(student, teacher, hints={"conv": "conv"}, hint_weight=-1.0)
+
+
+def test_update_pruning_prunes_a_distillers_student():
+    # UpdatePruning on fit(Distiller): the masks live on the (Functional) student inside the
+    # subclassed Distiller; the frozen teacher is left alone
+    import tfcompress
+    from tfcompress.callbacks import UpdatePruning
+    from tfcompress.distillation import Distiller
+    from tfcompress.pruning import ConstantSparsity, pruning_wrappers
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+    student = tfcompress.prune(keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                                 keras.layers.Dense(2)]), ConstantSparsity(0.75, 0))
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    distiller = Distiller(student, teacher)
+    distiller.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = distiller.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[UpdatePruning()])
+    kernel = np.asarray(pruning_wrappers(student)[0].layer.kernel) * np.asarray(pruning_wrappers(student)[0].mask)
+    assert (kernel == 0).mean() == pytest.approx(0.75, abs=0.01)
+    assert history.history["sparsity"][-1] == pytest.approx(0.75, abs=0.01)
+    assert int(np.asarray(pruning_wrappers(student)[0].pruning_step)) == 8
+    for before, after in zip(teacher_weights, teacher.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)

@@ -13,6 +13,7 @@ from typing import Any
 
 import keras
 
+from tfcompress.core.walk import iter_layers
 from tfcompress.errors import TfcompressError
 from tfcompress.pruning import mask_sparsity, pruning_wrappers, update_masks
 from tfcompress.pruning.groups import removable_channels
@@ -32,6 +33,7 @@ class UpdatePruning(keras.callbacks.Callback):
         super().__init__()
         self.step: int | None = None
         self._wrappers: list = []
+        self._pruned = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._wrappers = pruning_wrappers(self.model)
@@ -40,6 +42,7 @@ class UpdatePruning(keras.callbacks.Callback):
                 "UpdatePruning found no pruned layer in the model", self.model.name,
                 "wrap the model with tfcompress.prune(model, schedule=...) before fit",
             )
+        self._pruned = _graph_model_holding(self.model, self._wrappers)
         # read at the first batch, not here: a BackupAndRestore listed after this callback
         # restores the wrappers' pruning_step only in its own on_train_begin
         self.step = None
@@ -47,7 +50,7 @@ class UpdatePruning(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self.step is None:
             self.step = int(keras.ops.convert_to_numpy(self._wrappers[0].pruning_step))
-        update_masks(self.model, self.step)
+        update_masks(self._pruned, self.step)
         self.step += 1
         for wrapper in self._wrappers:
             wrapper.pruning_step.assign(self.step)
@@ -55,13 +58,33 @@ class UpdatePruning(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None and self._wrappers:
             logs["sparsity"] = mask_sparsity(self._wrappers)
-            removable = removable_channels(self.model)
+            removable = removable_channels(self._pruned)
             if removable:
                 total = sum(int(w.channel_mask_numpy().size) for w in self._wrappers if w.layer.name in removable)
                 logs["removable_channels"] = sum(removable.values()) / max(total, 1)
 
     def get_config(self) -> dict[str, Any]:
         return {}
+
+
+def _graph_model_holding(model, wrappers: list) -> keras.Model:
+    """The model whose graph the masks are computed on: ``model`` itself when it is Functional or
+    Sequential, else the one graph model inside it that holds every pruned layer (the student of
+    a `tfcompress.distillation.Distiller`, whose teacher is frozen and unpruned)."""
+    if _has_graph(model):
+        return model
+    wanted = {id(w) for w in wrappers}
+    for sub in iter_layers(model):
+        if isinstance(sub, keras.Model) and _has_graph(sub) and wanted <= {id(w) for w in pruning_wrappers(sub)}:
+            return sub
+    raise TfcompressError(
+        f"the pruned layers of {type(model).__name__} are not all inside one Functional or Sequential model",
+        model.name, "fit a Functional / Sequential model, or a wrapper (e.g. a Distiller) around one pruned model",
+    )
+
+
+def _has_graph(model) -> bool:
+    return isinstance(model, keras.Sequential) or (isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth"))
 
 
 #: tfmot's name, for a find-and-replace migration.

@@ -787,8 +787,8 @@ def uncertainty_model(student: keras.Model, kind: str, *, log_precision: bool = 
 class StudentPruning(UpdatePruning):
     """:class:`~tfcompress.callbacks.UpdatePruning` on a distiller's ``student``.
 
-    UpdatePruning traces the model it is given to find channel groups; a distiller is a
-    subclassed model with no graph, so the masks are kept on its (functional) student.
+    Kept for existing code: ``UpdatePruning`` itself now finds the one Functional / Sequential
+    model inside a subclassed distiller that holds the pruned layers.
     """
 
     def set_model(self, model) -> None:
