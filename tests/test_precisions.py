@@ -6,6 +6,8 @@ checked against NumPy computations from the file's own quantized values.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -249,6 +251,33 @@ def test_int4_buffers_inside_for_tflm(tmp_path):
     assert micro.arena_total_bytes >= 64 * 8192
 
 
+def test_int4_weight_only_dequantizes_exactly(tmp_path, cnn, data, float_file):
+    pytest.importorskip("ai_edge_quantizer")
+    report = quantize_tflite(float_file, tmp_path / "wo4.tflite", None, "int4_weight_only")
+    parsed = load_tflite(report.path)
+    assert report.io_dtype == "float32" and parsed.summary()["int4_tensors"] >= 3
+    assert any("TFLite Micro" in note for note in report.notes)
+    dequantize = [op for op in parsed.ops if op.name == "DEQUANTIZE"]
+    assert dequantize
+    runner = ModelRunner(parsed, delegate="none", preserve_all_tensors=True)
+    runner.predict(data[:1])
+    for op in dequantize:
+        w_t = parsed.tensor(op.inputs[0])
+        assert w_t.dtype == "INT4"
+        scales = np.asarray(w_t.quantization.scales).reshape(-1, *([1] * (len(w_t.shape) - 1)))
+        expected = _unpack_int4(parsed, w_t) * scales  # per output channel (axis 0)
+        got = runner.interpreter.get_tensor(op.outputs[0])
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+    # float compute on 4-bit weights: close to the float model, not equal
+    error = np.max(np.abs(ModelRunner(parsed).predict(data[:16]) - cnn.predict(data[:16], verbose=0)))
+    assert 0 < error < 0.2
+    with pytest.raises(Exception, match="TFLite Micro could not allocate"):
+        to_micro(report.path, tmp_path / "micro")
+    direct = to_tflite(cnn, tmp_path / "wo4_direct.tflite", "int4_weight_only")
+    assert load_tflite(direct.path).summary()["int4_tensors"] == parsed.summary()["int4_tensors"]
+    assert direct.layers.row("CONV_2D x1").action == "float32 (int4 weights dequantized)"
+
+
 def test_cli_quantizes_a_float_tflite(tmp_path, data, float_file, capsys):
     from tfcompress.cli import main
 
@@ -265,4 +294,8 @@ def test_cli_quantizes_a_float_tflite(tmp_path, data, float_file, capsys):
     assert main(["convert", str(float_file), "-o", str(tmp_path / "x.tflite"), "--int8", "--precision", "fc1",
                  "--calibration", str(tmp_path / "samples.npy"), "--quiet"]) == 1
     assert "NAME=PRECISION" in capsys.readouterr().err
+    if importlib.util.find_spec("ai_edge_quantizer"):  # no calibration needed for weight-only int4
+        assert main(["convert", str(float_file), "-o", str(tmp_path / "wo4.tflite"), "--int4-weight-only",
+                     "--quiet"]) == 0
+        assert load_tflite(tmp_path / "wo4.tflite").summary()["int4_tensors"] >= 3
     assert not (tmp_path / "x.tflite").exists()

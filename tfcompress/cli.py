@@ -66,8 +66,8 @@ def cmd_convert(args) -> int:
     from tfcompress.export.calibration import load_calibration_file
     from tfcompress.export.convert import load_keras_model, to_tflite, uses_fake_quant
 
-    quantization = {"int8": "int8", "int16x8": "int16x8", "int4": "int4", "float16": "float16", "dynamic": "dynamic",
-                    "float32": None}[args.mode]
+    quantization = {"int8": "int8", "int16x8": "int16x8", "int4": "int4", "int4_weight_only": "int4_weight_only",
+                    "float16": "float16", "dynamic": "dynamic", "float32": None}[args.mode]
     output = Path(args.output)
     if output.suffix != ".tflite":
         raise TfcompressError("output file must end in .tflite", str(output), "e.g. -o model.tflite")
@@ -129,11 +129,11 @@ def _convert_tflite(args, quantization, calibration, precision) -> int:
     if quantization not in FILE_QUANTIZATIONS:
         raise TfcompressError(f"a .tflite input can be quantized to {', '.join(FILE_QUANTIZATIONS)}, "
                               f"not --{args.mode}", args.model,
-                              "pass --int8, --int16x8 or --int4 (or convert the .keras model)")
+                              "pass --int8, --int16x8, --int4 or --int4-weight-only (or convert the .keras model)")
     for flag, given in (("--dense-as-conv", args.dense_as_conv), ("--dynamic-batch", args.dynamic_batch)):
         if given:
             raise TfcompressError(f"{flag} needs the .keras model", flag, "convert the .keras model instead")
-    if calibration is None:
+    if calibration is None and quantization != "int4_weight_only":
         raise CalibrationDataError(f"--{args.mode} of a .tflite file needs calibration inputs", "--calibration",
                                    "pass --calibration samples.npy (numpy.save('samples.npy', train_inputs[:500]))")
     _progress(args, f"quantizing {args.model} to {args.mode}")
@@ -363,11 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("int16x8", "TFLite's 16x8 mode: int16 activations, int8 weights (needs --calibration; post-training only)"),
         ("int4", "int8 activations, int4 FULLY_CONNECTED / CONV_2D weights (needs --calibration and "
                  "tfcompress[int4])"),
+        ("int4_weight_only", "int4 weights dequantized to float32 in the graph, float compute (LiteRT only; "
+                             "tfcompress[int4])"),
         ("float16", "float16 weights"),
         ("dynamic", "dynamic-range: int8 weights, float activations"),
         ("float32", "no quantization"),
     ):
-        mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=text)
+        mode.add_argument(f"--{name.replace('_', '-')}", dest="mode", action="store_const", const=name, help=text)
     p.set_defaults(mode="int8")
     p.add_argument("--calibration", help=".npz (key 'x', else all arrays in order) or .npy of model inputs")
     p.add_argument("--samples", type=_positive_int, default=None, help="use at most N calibration samples (default 500)")

@@ -23,12 +23,14 @@ from tfcompress.export.calibration import converter_dataset, representative_samp
 from tfcompress.export.tflite_file import TFLiteModel, load_tflite
 from tfcompress.report import SKIPPED, CompressionReport
 
-QUANTIZATION_MODES = ("int8", "int16x8", "int4", "float16", "dynamic", None)
+QUANTIZATION_MODES = ("int8", "int16x8", "int4", "int4_weight_only", "float16", "dynamic", None)
 IO_DTYPES = ("int8", "uint8", "int16", "float32")
 #: the full-integer modes: calibrated activations, every op integer (checked op by op)
 INTEGER_MODES = ("int8", "int16x8")
 #: the I/O types each full-integer mode can take
 MODE_IO_DTYPES = {"int8": ("int8", "uint8", "float32"), "int16x8": ("int16", "float32"), "int4": ("int8",)}
+#: the modes written by tfcompress.export.precision.quantize_tflite from the float file
+FILE_MODES = ("int4", "int4_weight_only")
 DEFAULT_CALIBRATION_SAMPLES = 500
 
 
@@ -266,7 +268,9 @@ def to_tflite(
             symmetric, per-channel int8 weights, int64 biases; post-training only: a QAT
             model is refused); ``"int4"`` int8 activations with int4 FULLY_CONNECTED
             (per-tensor) and CONV_2D (per-channel) weights, written by ai-edge-quantizer
-            (`tfcompress.export.precision`; needs ``tfcompress[int4]``); ``"float16"``
+            (`tfcompress.export.precision`; needs ``tfcompress[int4]``); ``"int4_weight_only"``
+            int4 per-channel weights dequantized to float32 in the graph (no calibration;
+            LiteRT only, TFLite Micro refuses it); ``"float16"``
             weights; ``"dynamic"`` int8 weights with float activations; ``None`` float32.
         representative_data: calibration inputs for ``"int8"``: a NumPy array
             (N, *input_shape), a list of arrays for multi-input models, a
@@ -326,7 +330,7 @@ def to_tflite(
         raise TfcompressError("the output directory is not writable", str(target.parent),
                               "choose a directory you can write to")
 
-    if (quantization == "int4" or precision) and uses_fake_quant(model):
+    if (quantization in FILE_MODES or precision) and uses_fake_quant(model):
         raise ConversionError(
             "quantization-aware training to int4 weights is not supported: the QAT model simulates int8 "
             "weights, and int4 weights are written by ai-edge-quantizer from the float model",
@@ -359,7 +363,7 @@ def to_tflite(
         model, rewritten = _dense_as_conv(model)
         if rewritten:
             notes.append(f"wrote {rewritten} Dense layer(s) as 1x1 CONV_2D (dense_as_conv=True)")
-    if quantization == "int4" or precision:
+    if quantization in FILE_MODES or precision:
         # the float file, then int8 activations with int4 weights (tfcompress.export.precision)
         from tfcompress.export.precision import quantize_tflite
 
@@ -489,6 +493,7 @@ def layer_report(parsed: TFLiteModel, quantization: str | None, float_ops: list[
         if any(t.dtype == "INT4" for t in parsed.op_tensors(op)):
             int4_ops[op.name] = int4_ops.get(op.name, 0) + 1
     mode = {"int8": "int8", "int16x8": "int16 activations, int8 weights", "int4": "int8",
+            "int4_weight_only": "float32 (int4 weights dequantized)",
             "float16": "float16 weights", "dynamic": "int8 weights, float activations",
             None: "float32"}[quantization]
     problems = tflm_problems or {}

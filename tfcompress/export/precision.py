@@ -23,6 +23,10 @@
   moving average), so the int8 ops of such a file are ``to_tflite``'s int8 ones. Buffers stored
   after the flatbuffer (ai-edge-quantizer's layout past 256 KiB) are moved inside
   (`tfcompress.export.buffers.inline_buffers`), so TFLite Micro reads the weights.
+- ``"int4_weight_only"``: ai-edge-quantizer's weight-only recipe, per-channel int4 weights that
+  DEQUANTIZE ops turn back into float32 for float kernels: the smallest file with float
+  accuracy, for LiteRT only (TFLite Micro's DEQUANTIZE takes no int4; dynamic-range int4, the
+  other float-activation form, is refused by TFLite Micro too: "Hybrid models are not supported").
 
 Per-layer precision, the base of mixed precision: ``precision={"name": "int4" | "int8"}``
 overrides the default weight precision of named ops (``quantization="int8"`` or ``"int4"``).
@@ -69,13 +73,17 @@ from tfcompress.export.calibration import converter_dataset, representative_samp
 from tfcompress.export.tflite_file import FLOAT_TYPES, TFLiteModel, load_tflite
 
 #: the modes `quantize_tflite` writes
-FILE_QUANTIZATIONS = ("int8", "int16x8", "int4")
+FILE_QUANTIZATIONS = ("int8", "int16x8", "int4", "int4_weight_only")
 #: the weight precisions a ``precision`` dict may name
 PRECISIONS = ("int8", "int4")
 #: ops whose weights ai-edge-quantizer 0.10 writes as int4 with int8 activations, and how
 INT4_OPS = {"FULLY_CONNECTED": "per-tensor", "CONV_2D": "per-channel"}
 #: the model I/O type of each mode (ai-edge-quantizer's static recipe quantizes the I/O)
-_IO = {"int8": ("int8", "uint8", "float32"), "int16x8": ("int16", "float32"), "int4": ("int8",)}
+_IO = {"int8": ("int8", "uint8", "float32"), "int16x8": ("int16", "float32"), "int4": ("int8",),
+       "int4_weight_only": ("float32",)}
+#: why TFLite Micro cannot run a weight-only int4 file (measured, benchmarks/NOTES.md)
+WEIGHT_ONLY_TFLM = ("LiteRT only: TFLite Micro's DEQUANTIZE takes no int4 input "
+                    "(dequantize_common.cc: int8 / int16 / uint8 only)")
 
 
 class PrecisionError(TfcompressError):
@@ -278,6 +286,17 @@ def _quantize_int4(model: TFLiteModel, samples, plan: Mapping[int, str]) -> byte
         return bytes(q.quantize(calibrate.get_model_qsvs(), enable_progress_report=False).quantized_model)
 
 
+def _quantize_weight_only(model: TFLiteModel) -> bytes:
+    """int4 per-channel weights on every op ai-edge-quantizer supports, dequantized to float32
+    before the op (its weight-only recipe): no calibration, float compute."""
+    quantizer, qtyping = _require_quantizer()
+    q = quantizer.Quantizer(bytearray(model.data))
+    q.add_weight_only_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 4)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return bytes(q.quantize(None, enable_progress_report=False).quantized_model)
+
+
 def _quantize_calibrator(model: TFLiteModel, samples, quantization: str, io_dtype: str,
                          allow_float: bool) -> bytes:
     """TensorFlow's post-training quantization of a float flatbuffer, as the converter runs it."""
@@ -318,10 +337,12 @@ def quantize_tflite(
         float_tflite: the float file (path or bytes), validated by `load_tflite`.
         out_path: the `.tflite` file to write (atomically).
         representative_data: float calibration inputs, as for ``to_tflite``.
-        quantization: ``"int8"``, ``"int16x8"`` (int16 activations, int8 weights) or ``"int4"``
-            (int8 activations, int4 FULLY_CONNECTED / CONV_2D weights).
+        quantization: ``"int8"``, ``"int16x8"`` (int16 activations, int8 weights), ``"int4"``
+            (int8 activations, int4 FULLY_CONNECTED / CONV_2D weights) or ``"int4_weight_only"``
+            (per-channel int4 weights dequantized to float32 in the graph, float compute, no
+            calibration: ``representative_data`` may be None; LiteRT only, TFLite Micro refuses it).
         io_dtype: model I/O type: int8 (default) / uint8 / float32 for int8, int16 (default) /
-            float32 for int16x8, int8 for int4.
+            float32 for int16x8, int8 for int4, float32 for int4_weight_only.
         precision: per-op weight precision ``{tensor name: "int4" | "int8"}`` over the mode's
             default (``"int8"`` or ``"int4"`` only).
         calibration_samples: use at most this many samples.
@@ -351,26 +372,24 @@ def quantize_tflite(
     model = load_tflite(float_tflite)
     where = model.path or "<bytes>"
     _check_float_file(model)
-    if quantization == "int4":
-        io_dtype = io_dtype or "int8"
-        if io_dtype not in _IO["int4"]:
-            raise TfcompressError(f"io_dtype={io_dtype!r} does not go with quantization='int4'", "io_dtype",
-                                  "use io_dtype='int8' (ai-edge-quantizer's static recipe quantizes the I/O)")
-    else:
-        io_dtype = check_io_dtype(quantization, io_dtype)
-    if precision and quantization == "int16x8":
-        raise PrecisionError("per-layer precision goes with quantization='int8' or 'int4', not 'int16x8'",
+    io_dtype = check_io_dtype(quantization, io_dtype)
+    if precision and quantization not in ("int8", "int4"):
+        raise PrecisionError(f"per-layer precision goes with quantization='int8' or 'int4', not {quantization!r}",
                              "precision", "use quantization='int8' with precision={name: 'int4'}")
     target = _check_target(out_path)
     by_op = {}
     if precision:
         by_op = (ops_by_keras_layer(_keras_model, model, precision) if _keras_model is not None
                  else ops_by_tensor_name(model, precision))
-    samples = representative_samples(representative_data, _file_specs(model), calibration_samples)
+    weight_only = quantization == "int4_weight_only"
+    samples = [] if weight_only else representative_samples(representative_data, _file_specs(model),
+                                                             calibration_samples)
     plan = _int4_plan(model, quantization, by_op) if quantization == "int4" or precision else None
     started = time.perf_counter()
     try:
-        if plan is not None:
+        if weight_only:
+            data = _quantize_weight_only(model)
+        elif plan is not None:
             data = _quantize_int4(model, samples, plan)
         else:
             data = _quantize_calibrator(model, samples, quantization, io_dtype, allow_float_fallback)
@@ -384,7 +403,7 @@ def quantize_tflite(
             "in float)") from None
     seconds = time.perf_counter() - started
     parsed = load_tflite(data)
-    float_ops = [f"{op.name}#{op.index}" for op in parsed.float_ops()]
+    float_ops = [] if weight_only else [f"{op.name}#{op.index}" for op in parsed.float_ops()]
     if float_ops and not allow_float_fallback:
         raise FloatFallbackError(float_ops, str(target), mode=quantization)
     notes = []
@@ -397,6 +416,10 @@ def quantize_tflite(
     else:
         write_bytes_atomic(target, data)
         parsed = load_tflite(target)
+    if weight_only:
+        int4 = sum(t.dtype == "INT4" for t in parsed.tensors[0])
+        notes += [f"{int4} weight tensor(s) int4, dequantized to float32 by DEQUANTIZE ops; float compute",
+                  WEIGHT_ONLY_TFLM]
     if plan is not None:
         int4 = [t for t in parsed.tensors[0] if t.dtype == "INT4"]
         notes.append(f"{len(int4)} weight tensor(s) int4 (ai-edge-quantizer), the rest int8")
