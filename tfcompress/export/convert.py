@@ -217,7 +217,12 @@ def _convert(model, quantization, samples, io_dtype, allow_float, batch_size) ->
 
 def check_io_dtype(quantization: str | None, io_dtype: str | None) -> str:
     """The model I/O type for ``quantization`` (its default when ``io_dtype`` is None), or a
-    `TfcompressError` naming the types the mode takes."""
+    `TfcompressError` naming the types the mode takes.
+
+    Example:
+        >>> check_io_dtype("int16x8", None), check_io_dtype("int8", "float32")
+        ('int16', 'float32')
+    """
     if io_dtype is None:
         return {"int8": "int8", "int16x8": "int16", "int4": "int8"}.get(quantization, "float32")
     if io_dtype not in IO_DTYPES:
@@ -438,7 +443,12 @@ def export_report(parsed: TFLiteModel, path: str, quantization: str | None, io_d
                   seconds: float, notes: list[str], float_ops: list[str],
                   materialized: list[tuple[str, str]] = ()) -> ExportReport:
     """The `ExportReport` of a written file (``to_tflite``, ``quantize_tflite``); for int16x8 a
-    note names the ops TFLite Micro refuses in int16 (`tfcompress.export.micro.tflm_int16_problems`)."""
+    note names the ops TFLite Micro refuses in int16 (`tfcompress.export.micro.tflm_int16_problems`).
+
+    Example:
+        >>> parsed = load_tflite("model.tflite")                                   # doctest: +SKIP
+        >>> export_report(parsed, parsed.path, "int8", "int8", 500, 1.2, [], []).text()  # doctest: +SKIP
+    """
     from tfcompress.export.micro import tflm_int16_problems
 
     problems = tflm_int16_problems(parsed) if quantization == "int16x8" else {}

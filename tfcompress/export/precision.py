@@ -168,6 +168,11 @@ def ops_by_tensor_name(model: TFLiteModel, precision: Mapping[str, str]) -> dict
 
     Raises:
         PrecisionError: a name matches no op with weights.
+
+    Example:
+        >>> model = load_tflite("float.tflite")                                        # doctest: +SKIP
+        >>> ops_by_tensor_name(model, {"functional_1/fc1_1/MatMul": "int4"})           # doctest: +SKIP
+        {3: 'int4'}
     """
     _check_precision_values(precision)
     ops = weight_ops(model)
@@ -192,6 +197,10 @@ def ops_by_keras_layer(keras_model, model: TFLiteModel, precision: Mapping[str, 
     Raises:
         PrecisionError: no such layer, a layer without a kernel, or a kernel the file does not
             hold as it is (a BatchNormalization folded into it).
+
+    Example:
+        >>> ops_by_keras_layer(keras_model, load_tflite("float.tflite"), {"fc1": "int4"})   # doctest: +SKIP
+        {3: 'int4'}
     """
     from tfcompress.core import iter_layers
 
