@@ -31,6 +31,16 @@ def recalibrate_batchnorm(model: keras.Model, x: np.ndarray) -> int:
 
     Returns:
         The number of BatchNormalization layers updated.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+        >>> x = np.random.default_rng(0).normal(3.0, 1.0, (256, 8)).astype("float32")
+        >>> recalibrate_batchnorm(model, x)
+        1
+        >>> bn = model.layers[-1]
+        >>> mean = np.asarray(model.layers[0](x)).mean(0)
+        >>> bool(np.allclose(np.asarray(bn.moving_mean), mean, atol=1e-4)), bn.momentum
+        (True, 0.99)
     """
     layers = list(_batchnorm_layers(model))
     momenta = [layer.momentum for layer in layers]

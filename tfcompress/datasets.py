@@ -76,19 +76,48 @@ _IDX_DTYPES = {
 
 
 class DatasetNotFoundError(TfcompressError):
-    """No searched place holds the dataset's files."""
+    """No searched place holds the dataset's files.
+
+    Example:
+        :func:`fashion_mnist` raises it when no place of :func:`fashion_mnist_search_path` holds
+        the four files; it is a `TfcompressError`, so the CLI prints it as one line:
+
+        >>> error = DatasetNotFoundError("Fashion-MNIST not found", "fashion_mnist", "set TFCOMPRESS_DATA")
+        >>> str(error)
+        'fashion_mnist: Fashion-MNIST not found Fix: set TFCOMPRESS_DATA'
+    """
 
 
 class DatasetFormatError(TfcompressError):
-    """A dataset file is truncated, corrupted or not in the expected format."""
+    """A dataset file is truncated, corrupted or not in the expected format.
+
+    Example:
+        >>> _ = open("labels-idx1-ubyte", "wb").write(bytes(2))
+        >>> read_idx("labels-idx1-ubyte")
+        Traceback (most recent call last):
+        ...
+        tfcompress.datasets.DatasetFormatError: labels-idx1-ubyte: is only 2 bytes, too short for an IDX header...
+    """
 
 
 class DatasetDependencyError(TfcompressError):
-    """A dataset needs an optional package that is not installed."""
+    """A dataset needs an optional package that is not installed.
+
+    Example:
+        >>> issubclass(DatasetDependencyError, TfcompressError)
+        True
+    """
 
 
 def fashion_mnist_search_path(path: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """The places :func:`fashion_mnist` looks in, in order, as ``(origin, directory)`` pairs."""
+    """The places :func:`fashion_mnist` looks in, in order, as ``(origin, directory)`` pairs.
+
+    Example:
+        >>> [origin for origin, _ in fashion_mnist_search_path("data")][:1]
+        ['path argument']
+        >>> str(fashion_mnist_search_path()[-1][1]).endswith(".keras/datasets/fashion-mnist")
+        True
+    """
     places: list[tuple[str, Path]] = []
     if path is not None:
         places.append(("path argument", Path(path).expanduser()))
@@ -127,6 +156,24 @@ def fashion_mnist(
         DatasetNotFoundError: no searched place holds all four files; the message lists
             every place searched and how to fill one.
         DatasetFormatError: a file is truncated, corrupted, or its shapes do not agree.
+
+    Example:
+        Four tiny files in the IDX format stand in for the real download here:
+
+        >>> import gzip, struct
+        >>> def write_idx(name, a):
+        ...     header = struct.pack(">I", 0x0800 + a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+        ...     with gzip.open(name, "wb") as f:
+        ...         _ = f.write(header + a.tobytes())
+        >>> os.makedirs("fmnist", exist_ok=True)
+        >>> for split, n in (("train", 6), ("test", 2)):
+        ...     write_idx(f"fmnist/{FASHION_MNIST_FILES[split + '_images']}", np.full((n, 28, 28), 255, np.uint8))
+        ...     write_idx(f"fmnist/{FASHION_MNIST_FILES[split + '_labels']}", np.arange(n, dtype=np.uint8))
+        >>> (x_train, y_train), (x_test, y_test) = fashion_mnist("fmnist")
+        >>> x_train.shape, x_train.dtype, float(x_train.max()), y_test.tolist()
+        ((6, 28, 28, 1), dtype('float32'), 1.0, [0, 1])
+        >>> FASHION_MNIST_CLASSES[int(y_train[1])]
+        'Trouser'
     """
     places = fashion_mnist_search_path(path)
     searched = []
@@ -198,6 +245,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Raises:
         DatasetFormatError: bad magic number, unknown type code, a truncated or
             corrupted gzip stream, or a payload whose size does not match the header.
+
+    Example:
+        >>> import struct
+        >>> data = struct.pack(">I", 0x0801) + struct.pack(">I", 3) + bytes([7, 8, 9])   # uint8, 1 dimension
+        >>> _ = open("labels-idx1-ubyte", "wb").write(data)
+        >>> read_idx("labels-idx1-ubyte")
+        array([7, 8, 9], dtype=uint8)
     """
     path = Path(path)
     fix = "delete it and copy the original file again (or reinstall dataset-fashion-mnist)"
@@ -252,6 +306,13 @@ def digits(
     Raises:
         DatasetDependencyError: scikit-learn is not installed.
         TfcompressError: ``test_fraction`` is not strictly between 0 and 1.
+
+    Example:
+        >>> (x_train, y_train), (x_test, y_test) = digits()
+        >>> x_train.shape, x_test.shape, y_train.dtype
+        ((1347, 8, 8, 1), (450, 8, 8, 1), dtype('int64'))
+        >>> float(x_train.min()), float(x_train.max())
+        (0.0, 1.0)
     """
     if not 0.0 < float(test_fraction) < 1.0:
         raise TfcompressError(

@@ -53,6 +53,14 @@ def soft_target_loss(teacher_output, student_output, temperature: float, from_lo
 
     With ``from_logits=False`` the outputs are probabilities; their logs are logits up to a
     per-row constant, which softmax ignores.
+
+    Example:
+        >>> import numpy as np
+        >>> teacher = np.array([[2.0, 0.0]], "float32")
+        >>> round(float(soft_target_loss(teacher, teacher, temperature=4.0)), 6)     # same logits: no loss
+        0.0
+        >>> round(float(soft_target_loss(teacher, np.zeros((1, 2), "float32"), temperature=1.0)), 4)
+        0.3278
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -95,6 +103,20 @@ class Distiller(keras.Model):
             each student layer's output regressed onto the teacher layer's output. Outputs must
             agree in every dimension but the last (channels).
         hint_weight: weight of the mean hint term, added to the distillation loss.
+
+    Example:
+        >>> import numpy as np
+        >>> keras.utils.set_random_seed(0)
+        >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> y = (x[:, 0] > 0).astype("int32")
+        >>> teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+        ...                             keras.layers.Dense(2)])
+        >>> student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+        >>> distiller = Distiller(student, teacher, temperature=4.0, alpha=0.1)
+        >>> distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> history = distiller.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        >>> len(history.history["loss"]), distiller.student is student, teacher.trainable
+        (2, True, False)
     """
 
     def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = 4.0, alpha: float = 0.1,

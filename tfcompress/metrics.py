@@ -84,6 +84,13 @@ class LayerSummary:
     ``macs`` is per sample and summed over all calls of a shared layer; ``None`` when unknown.
     ``output_shape`` is the first call's output shape (batch dimension ``None``).
     ``kind`` is one of ``conv``, ``dense``, ``pool``, ``norm``, ``elementwise``, ``other``.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+        >>> row = summarize(model).layers[0]
+        >>> row.name, row.class_name, row.params, row.macs, row.kind
+        ('fc', 'Dense', 36, 32, 'dense')
     """
 
     name: str
@@ -99,7 +106,24 @@ class LayerSummary:
 
 @dataclass
 class ModelSummary:
-    """Per-layer and total parameters, non-zero parameters, sparsity and MACs of a Keras model."""
+    """Per-layer and total parameters, non-zero parameters, sparsity and MACs of a Keras model.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")], name="tiny")
+        >>> _ = model.layers[0].kernel.assign(np.zeros((8, 4), "float32"))      # bias is zero too
+        >>> s = summarize(model)
+        >>> s.params, s.nonzero_params, round(s.sparsity, 3), s.linear_macs
+        (36, 0, 1.0, 32)
+        >>> print(s)
+        Model "tiny" (MACs per sample, batch 1)
+        Layer  Type   Output shape  Params  Non-zero  Sparsity  MACs
+        ------------------------------------------------------------
+        fc     Dense  (None, 4)         36         0    100.0%    32
+        ------------------------------------------------------------
+        Total                           36         0    100.0%    32
+        MACs by kind: dense 32
+    """
 
     name: str
     layers: list[LayerSummary]
@@ -209,6 +233,16 @@ def summarize(model) -> ModelSummary:
 
     Raises:
         TfcompressError: ``model`` is not a Keras model, or is not built.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+        ...                           keras.layers.Flatten(), keras.layers.Dense(2, name="fc")])
+        >>> s = summarize(model)
+        >>> s.params, s.macs_by_kind()
+        (330, {'conv': 1296, 'other': 0, 'dense': 288})
+        >>> s.to_dict()["layers"][0]["output_shape"]
+        [None, 6, 6, 4]
     """
     import keras
 
@@ -480,6 +514,14 @@ def tflite_macs(tflite_model) -> list[dict]:
     an op that folds other dimensions into it (a Dense on a 3-D input becomes a
     FULLY_CONNECTED on a ``[-1, features]`` reshape) is then under-counted: export with a
     static batch size (``to_tflite``'s default ``batch_size=1``) for exact numbers.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import load_tflite, to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> _ = to_tflite(model, "model.tflite", quantization=None)
+        >>> [(row["op"], row["weights_shape"], row["macs"]) for row in tflite_macs(load_tflite("model.tflite"))]
+        [('FULLY_CONNECTED', [4, 8], 32)]
     """
     tfl = tflite_model
     batch = 1
@@ -528,6 +570,15 @@ def summarize_tflite(source: str | os.PathLike | bytes) -> dict:
     connected ops per sample (see :func:`tflite_macs`), comparable with
     :attr:`ModelSummary.linear_macs` of the Keras model it came from; ``macs_exact`` is
     False when some of those ops have dynamic shapes (see :func:`tflite_macs`).
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> _ = to_tflite(model, "model.tflite", quantization=None)
+        >>> info = summarize_tflite("model.tflite")
+        >>> info["macs"], info["macs_by_op"], info["weight_elements"]        # the 8 x 4 kernel
+        (32, {'FULLY_CONNECTED': 32}, 32)
     """
     from tfcompress.export.tflite_file import TFLiteModel, load_tflite
 

@@ -43,6 +43,13 @@ def lenet5_caffe(
     431,080 parameters: 520 + 25,050 + 400,500 + 5,010.
 
     The last layer returns logits (no softmax).
+
+    Example:
+        >>> model = lenet5_caffe()
+        >>> model.output_shape, model.count_params()
+        ((None, 10), 431080)
+        >>> lenet5_caffe(conv1=4, conv2=8, fc1=16).count_params()
+        3146
     """
     layers = keras.layers
     return keras.Sequential(
@@ -77,6 +84,13 @@ def residual_cnn(
 
     Convolutions followed by BN have no bias (BN's beta is the bias); the BNs fold into them at
     export. Returns logits (no softmax).
+
+    Example:
+        >>> model = residual_cnn(input_shape=(16, 16, 3), num_classes=4, width=4)
+        >>> model.output_shape
+        (None, 4)
+        >>> sorted({type(layer).__name__ for layer in model.layers} & {"Add", "Concatenate", "DepthwiseConv2D"})
+        ['Add', 'Concatenate', 'DepthwiseConv2D']
     """
     layers = keras.layers
     inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -115,6 +129,11 @@ def mobilenet_v2_tiny(
     Randomly initialised (no download). Keras' own default ends in a softmax; here
     ``classifier_activation=None`` by default so it returns logits like the other reference
     models (pass ``"softmax"`` for the exact ``keras.applications`` default).
+
+    Example:
+        >>> model = mobilenet_v2_tiny(input_shape=(32, 32, 3), num_classes=4)
+        >>> model.input_shape, model.output_shape
+        ((None, 32, 32, 3), (None, 4))
     """
     return keras.applications.MobileNetV2(
         input_shape=tuple(input_shape),

@@ -52,6 +52,11 @@ class ReportRow:
         fix: what the user can do about it ("" when nothing is needed).
         important: a loss the user should hear about (a weight matrix left dense, a layer the
             user asked for, an op left in float).
+
+    Example:
+        >>> row = ReportRow("fc1", "Dense", "skipped", "units=1 is too few to prune", important=True)
+        >>> row.action, row.fix
+        ('skipped', '')
     """
 
     layer: str
@@ -64,7 +69,18 @@ class ReportRow:
 
 @dataclass
 class CompressionReport:
-    """The rows of one compression step (``step``: ``"prune"``, ``"quantize"``, ...)."""
+    """The rows of one compression step (``step``: ``"prune"``, ``"quantize"``, ...).
+
+    Example:
+        >>> report = CompressionReport("quantize")
+        >>> report.add("fc1", "Dense", "quantized", "int8 per-channel weights")
+        >>> report.summary()
+        'quantize: 1 layer changed, 0 left alone'
+        >>> report.row("fc1").reason
+        'int8 per-channel weights'
+        >>> report.to_json()
+        '{"step": "quantize", "changed": 1, "skipped": 0, "rows": [{"layer": "fc1", ...}], "notes": []}'
+    """
 
     step: str
     rows: list[ReportRow] = field(default_factory=list)
@@ -134,7 +150,16 @@ class CompressionReport:
 
 
 def check_verbose(verbose: Any, where: str) -> int:
-    """``verbose`` as 0, 1 or 2, or a TfcompressError."""
+    """``verbose`` as 0, 1 or 2, or a TfcompressError.
+
+    Example:
+        >>> check_verbose(2, "prune")
+        2
+        >>> check_verbose("loud", "prune")
+        Traceback (most recent call last):
+        ...
+        tfcompress.errors.TfcompressError: prune: verbose must be 0, 1 or 2, got 'loud' Fix: ...
+    """
     from tfcompress.errors import TfcompressError
 
     if isinstance(verbose, bool) or verbose not in VERBOSE_LEVELS:
@@ -145,6 +170,13 @@ def check_verbose(verbose: Any, where: str) -> int:
 
 def attach(model: Any, report: CompressionReport) -> Any:
     """Hang ``report`` on ``model`` as ``model.compression_report`` (outside Keras' attribute
-    tracking: it is not part of the model's config or weights) and return the model."""
+    tracking: it is not part of the model's config or weights) and return the model.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> attach(model, CompressionReport("prune")).compression_report.step
+        'prune'
+    """
     object.__setattr__(model, "compression_report", report)
     return model

@@ -121,7 +121,7 @@ class FrozenNoise(keras.layers.Layer):
     Example:
         >>> mask = np.array([[1.0, 0.0], [0.0, 2.0]], "float32")     # S = 2 masks of 2 units
         >>> layer = FrozenNoise(samples=2, feature_shape=(2,), noise_shape=(2,), tile=True)
-        >>> layer.build((None, 2)); layer.scale.assign(mask)
+        >>> layer.build((None, 2)); _ = layer.scale.assign(mask)
         >>> np.asarray(layer(np.array([[3.0, 4.0]], "float32"))).tolist()
         [[3.0, 0.0], [0.0, 8.0]]
     """
