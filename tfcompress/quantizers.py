@@ -44,7 +44,12 @@ from tfcompress.errors import TfcompressError
 def sign(x):
     """sign(x) in {-1, +1} with sign(0) = +1 (also for -0.0); the forward pass of `SteSign`.
 
-    Built from ops TFLite has as int8 builtins (GREATER_EQUAL, SELECT_V2)."""
+    Built from ops TFLite has as int8 builtins (GREATER_EQUAL, SELECT_V2).
+
+    Example:
+        >>> [float(v) for v in sign(keras.ops.convert_to_tensor([-2.0, -0.0, 0.0, 0.5]))]
+        [-1.0, 1.0, 1.0, 1.0]
+    """
     from keras import ops
 
     return ops.where(x >= 0, ops.ones_like(x), -ops.ones_like(x))
@@ -87,7 +92,15 @@ def _check_clip(clip_value, where: str) -> float | None:
 
 
 class Quantizer:
-    """Base class: ``__call__(x)`` gives the quantized value with a straight-through gradient."""
+    """Base class: ``__call__(x)`` gives the quantized value with a straight-through gradient.
+
+    Example:
+        >>> issubclass(SteSign, Quantizer)
+        True
+        >>> q = get("ste_sign")
+        >>> [float(v) for v in q(keras.ops.convert_to_tensor([-0.3, 0.7]))]
+        [-1.0, 1.0]
+    """
 
     levels: int = 0
     bits: float = 32.0
@@ -130,6 +143,17 @@ class SteSign(Quantizer):
 
     Args:
         clip_value: the gradient is zero where |x| > clip_value (1.0 in BNN).
+
+    Example:
+        >>> x = keras.ops.convert_to_tensor([-2.0, -0.5, 0.5, 2.0])
+        >>> [float(v) for v in SteSign()(x)]
+        [-1.0, -1.0, 1.0, 1.0]
+        >>> import tensorflow as tf
+        >>> with tf.GradientTape() as tape:
+        ...     tape.watch(x)
+        ...     y = keras.ops.sum(SteSign(clip_value=1.0)(x))
+        >>> [float(g) for g in tape.gradient(y, x)]               # straight through inside |x| <= 1
+        [0.0, 1.0, 1.0, 0.0]
     """
 
     levels = 2
@@ -196,6 +220,11 @@ class XnorWeight(_ScaledSign):
     Args:
         clip_value: the sign's straight-through gradient is zero where |W| > clip_value
             (``None``: never zero).
+
+    Example:
+        >>> w = keras.ops.convert_to_tensor([[0.5, -1.0], [-1.5, 3.0]])
+        >>> keras.ops.convert_to_numpy(XnorWeight()(w)).tolist()         # alpha_c = mean |W_c|: 1.0, 2.0
+        [[1.0, -2.0], [-1.0, 2.0]]
     """
 
     def __call__(self, x):
@@ -222,6 +251,11 @@ class MagnitudeAwareSign(_ScaledSign):
 
     Forward as XNOR-Net (Rastegari et al. 2016, eq. 2-4); backward the magnitude-aware gradient
     of Bi-Real Net (Liu et al. 2018, sec. 3.3): dC/dW_i = dC/dW~_i * alpha_c * 1{|W_i| <= clip}.
+
+    Example:
+        >>> w = keras.ops.convert_to_tensor([[0.5, -1.0], [-1.5, 3.0]])   # 2 output channels (columns)
+        >>> keras.ops.convert_to_numpy(MagnitudeAwareSign()(w)).tolist()
+        [[1.0, -2.0], [-1.0, 2.0]]
     """
 
     def __call__(self, x):
@@ -242,6 +276,11 @@ class TernaryWeight(Quantizer):
     Args:
         threshold_factor: t in (0, 2); 0.7 is TWN's approximation for Gaussian/uniform weights.
         clip_value: optional gradient clip as in `SteSign`.
+
+    Example:
+        >>> w = keras.ops.convert_to_tensor([[0.1], [-0.9], [1.1], [0.0]])
+        >>> keras.ops.convert_to_numpy(TernaryWeight()(w)).ravel().tolist()   # Delta = 0.7 * mean |W| = 0.367
+        [0.0, -1.0, 1.0, 0.0]
     """
 
     levels = 3
@@ -314,7 +353,16 @@ _NAMES.update({cls.__name__: cls for cls in list(_NAMES.values())})
 def get(identifier: Any) -> Quantizer | None:
     """A quantizer from None, a name (``"ste_sign"``, ``"xnor_weight"``,
     ``"magnitude_aware_sign"``, ``"ternary_weight"`` or the class name), a serialized config
-    (`serialize`) or an instance (returned as is)."""
+    (`serialize`) or an instance (returned as is).
+
+    Example:
+        >>> type(get("xnor_weight")).__name__, get(None)
+        ('XnorWeight', None)
+        >>> get("round")
+        Traceback (most recent call last):
+        ...
+        tfcompress.errors.TfcompressError: quantizer: unknown quantizer 'round' Fix: use one of [...]
+    """
     if identifier is None or isinstance(identifier, Quantizer):
         return identifier
     if isinstance(identifier, str):
@@ -342,7 +390,13 @@ def get(identifier: Any) -> Quantizer | None:
 
 
 def serialize(quantizer: Quantizer | None) -> dict[str, Any] | None:
-    """The Keras config of a quantizer (None stays None); `get` turns it back into one."""
+    """The Keras config of a quantizer (None stays None); `get` turns it back into one.
+
+    Example:
+        >>> config = serialize(TernaryWeight(threshold_factor=0.5))
+        >>> get(config).threshold_factor
+        0.5
+    """
     return None if quantizer is None else keras.saving.serialize_keras_object(quantizer)
 
 

@@ -51,6 +51,11 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "linear", iterations: int 
     order of a sorted initialisation); ``k`` is lowered to the number of distinct values. A
     weight goes to its nearest centroid (the lower one on a tie); an empty cluster keeps its
     centroid. Stops when the assignment no longer changes or after ``iterations`` updates.
+
+    Example:
+        >>> centroids, assignment = kmeans_1d(np.array([0.1, 0.2, 0.9, 1.0, 1.1]), k=2)
+        >>> np.round(centroids, 3).tolist(), assignment.tolist()
+        ([0.15, 1.0], [0, 0, 1, 1, 1])
     """
     _check_init(init, "kmeans_1d")
     values = np.asarray(values, np.float64).reshape(-1)
@@ -89,6 +94,13 @@ class ClusterWeights(keras.layers.Wrapper):
         n_clusters: number of centroids (>= 2).
         init: ``"linear"``, ``"kmeans++"`` or ``"density"``.
         preserve_sparsity: keep the exact zeros of the kernel at 0.
+
+    Example:
+        >>> layer = ClusterWeights(keras.layers.Dense(4), n_clusters=3)
+        >>> model = keras.Sequential([keras.Input((8,)), layer])
+        >>> kernel = keras.ops.convert_to_numpy(layer.tfcompress_effective_weights()[0])
+        >>> kernel.shape, len(np.unique(kernel)), tuple(layer.centroids.shape)
+        ((8, 4), 3, (3,))
     """
 
     tfcompress_clustered = True

@@ -69,6 +69,13 @@ def quantize_multiplier(real):
     ``frexp`` gives ``real = m 2^shift``, ``m`` in [0.5, 1); ``q = round(m 2^31)`` (ties away from
     zero); ``q = 2^31`` becomes ``2^30`` with ``shift + 1``; a shift below -31 gives 0. ``real``:
     float64 tensor >= 0 (elementwise). Returns (q, shift) as int64 tensors.
+
+    Example:
+        >>> q, shift = quantize_multiplier(tf.constant([0.75, 0.1], tf.float64))   # 0.1 = 0.8 * 2^-3
+        >>> q.numpy().tolist(), shift.numpy().tolist()
+        ([1610612736, 1717986918], [0, -3])
+        >>> int(quantize_multiplier(tf.constant(0.1, tf.float32))[0])    # the float32 scale of a .tflite
+        1717986944
     """
     real = tf.cast(real, _F64)
     bits = tf.bitcast(real, _I64)
@@ -85,7 +92,12 @@ def saturating_rounding_doubling_high_mul(a, b, bits: int = 32):
     """gemmlowp's ``SaturatingRoundingDoublingHighMul`` on int32 values (int16 with ``bits=16``):
     ``round(a b / 2^(bits - 1))``, the nudge ``2^(bits - 2)`` (``1 - 2^(bits - 2)`` for a negative
     product) added before a division truncating toward zero; ``a = b = -2^(bits - 1)`` saturates to
-    ``2^(bits - 1) - 1``."""
+    ``2^(bits - 1) - 1``.
+
+    Example:
+        >>> saturating_rounding_doubling_high_mul([2**30, -2**31], [2**30, -2**31]).numpy().tolist()
+        [536870912, 2147483647]
+    """
     a, b = _i64(a), _i64(b)
     product = a * b
     nudge = tf.where(product >= 0, tf.constant(2 ** (bits - 2), _I64), tf.constant(1 - 2 ** (bits - 2), _I64))
@@ -108,7 +120,12 @@ def _sdhm16(a, b):
 
 def rounding_divide_by_pot(x, exponent):
     """gemmlowp's ``RoundingDivideByPOT``: ``x / 2^exponent`` rounded half away from zero
-    (``exponent`` >= 0, elementwise)."""
+    (``exponent`` >= 0, elementwise).
+
+    Example:
+        >>> rounding_divide_by_pot([5, -5, 6, 7], 1).numpy().tolist()        # 2.5 -> 3, -2.5 -> -3, 3, 3.5 -> 4
+        [3, -3, 3, 4]
+    """
     x, exponent = _i64(x), _i64(exponent)
     mask = tf.bitwise.left_shift(tf.constant(1, _I64), exponent) - 1
     remainder = tf.bitwise.bitwise_and(x, mask)
@@ -127,7 +144,13 @@ def _saturating_shift_left(x, exponent: int, bits: int = 32):
 def multiply_by_quantized_multiplier(x, q, shift):
     """TFLite's ``MultiplyByQuantizedMultiplier`` (double rounding): ``x 2^max(shift, 0)``,
     `saturating_rounding_doubling_high_mul` by ``q``, then `rounding_divide_by_pot` by
-    ``max(-shift, 0)``."""
+    ``max(-shift, 0)``.
+
+    Example:
+        >>> q, shift = quantize_multiplier(0.1)
+        >>> multiply_by_quantized_multiplier([100, 1234, -55], q, shift).numpy().tolist()   # x * 0.1, rounded
+        [10, 123, -6]
+    """
     shift = _i64(shift)
     left, right = tf.maximum(shift, 0), tf.maximum(-shift, 0)
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(_shift_left(_i64(x), left), q), right)
@@ -211,7 +234,13 @@ def _levels():
 
 
 def lookup(table, levels):
-    """``table[levels + 128]``: an elementwise int8 kernel applied through its 256-entry table."""
+    """``table[levels + 128]``: an elementwise int8 kernel applied through its 256-entry table.
+
+    Example:
+        >>> table = logistic_table_float(0.1, 0)        # int8 LOGISTIC for input scale 0.1, zero point 0
+        >>> lookup(table, [-128, 0, 10, 127]).numpy().tolist()   # sigmoid(1.0) * 256 - 128 = 59.2
+        [-128, 0, 59, 127]
+    """
     return tf.gather(table, _i64(levels) + 128)
 
 
@@ -315,7 +344,13 @@ def logistic_table(s_in, z_in):
 
 def logistic_table_float(s_in, z_in):
     """The 256 outputs of LiteRT's int8 LOGISTIC (its reference and builtin kernels: a table
-    filled in float32, ``round(sigmoid(s_in (q - z_in)) 256) - 128``, ties away from zero)."""
+    filled in float32, ``round(sigmoid(s_in (q - z_in)) 256) - 128``, ties away from zero).
+
+    Example:
+        >>> table = logistic_table_float(0.1, 0)
+        >>> int(table.shape[0]), int(table[128]), int(table[128 + 10])    # levels 0 and 10: sigmoid(0), sigmoid(1)
+        (256, 0, 59)
+    """
     f32 = tf.float32
     x = tf.cast(s_in, f32) * tf.cast(_levels() - _i64(z_in), f32)
     y = 1.0 / (1.0 + tf.exp(-x)) * 256.0

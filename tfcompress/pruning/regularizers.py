@@ -30,6 +30,14 @@ def _check(value: float, name: str, where: str) -> float:
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class L1(keras.regularizers.Regularizer):
+    """``l1 * sum |w|``: unstructured sparsity (Keras' own ``L1`` with its argument checked).
+
+    Example:
+        >>> import numpy as np
+        >>> float(L1(0.5)(np.array([1.0, -2.0], "float32")))
+        1.5
+    """
+
     def __init__(self, l1: float = 1e-5):
         self.l1 = _check(l1, "l1", "L1")
 
@@ -42,7 +50,15 @@ class L1(keras.regularizers.Regularizer):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class GroupLasso(keras.regularizers.Regularizer):
-    """Sum over output channels (last kernel axis) of sqrt(group size) * L2 norm."""
+    """Sum over output channels (last kernel axis) of sqrt(group size) * L2 norm.
+
+    Example:
+        >>> import numpy as np
+        >>> kernel = np.ones((3, 2), "float32")        # 2 output channels of 3 weights: norms sqrt(3)
+        >>> round(float(GroupLasso(0.1)(kernel)), 4)   # 0.1 * sqrt(3) * (sqrt(3) + sqrt(3))
+        0.6
+        >>> layer = keras.layers.Dense(4, kernel_regularizer=GroupLasso(1e-4))
+    """
 
     def __init__(self, strength: float = 1e-4):
         self.strength = _check(strength, "strength", "GroupLasso")
@@ -59,7 +75,14 @@ class GroupLasso(keras.regularizers.Regularizer):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class NetworkSlimming(keras.regularizers.Regularizer):
-    """L1 on BatchNormalization's gamma: use as ``gamma_regularizer``."""
+    """L1 on BatchNormalization's gamma: use as ``gamma_regularizer``.
+
+    Example:
+        >>> import numpy as np
+        >>> round(float(NetworkSlimming(0.01)(np.array([1.0, -3.0], "float32"))), 6)
+        0.04
+        >>> bn = keras.layers.BatchNormalization(gamma_regularizer=NetworkSlimming(1e-4))
+    """
 
     def __init__(self, strength: float = 1e-4):
         self.strength = _check(strength, "strength", "NetworkSlimming")
@@ -73,7 +96,14 @@ class NetworkSlimming(keras.regularizers.Regularizer):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class SelectiveWeightDecay(keras.regularizers.Regularizer):
-    """L2 only on the ``target_sparsity`` fraction of weights with the smallest magnitude."""
+    """L2 only on the ``target_sparsity`` fraction of weights with the smallest magnitude.
+
+    Example:
+        >>> import numpy as np
+        >>> w = np.array([0.1, -0.2, 3.0, 4.0], "float32")
+        >>> round(float(SelectiveWeightDecay(1.0, target_sparsity=0.5)(w)), 4)   # only 0.1 and -0.2 decay
+        0.05
+    """
 
     def __init__(self, strength: float = 1e-3, target_sparsity: float = 0.9):
         self.strength = _check(strength, "strength", "SelectiveWeightDecay")

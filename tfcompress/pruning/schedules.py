@@ -40,7 +40,15 @@ def _check_sparsity(value: float, name: str, where: str, *, allow_zero: bool = T
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class ConstantSparsity(PruningSchedule):
-    """Prune to ``target_sparsity`` every ``frequency`` steps from ``begin_step`` (tfmot's ConstantSparsity)."""
+    """Prune to ``target_sparsity`` every ``frequency`` steps from ``begin_step`` (tfmot's ConstantSparsity).
+
+    Example:
+        >>> schedule = ConstantSparsity(0.8, begin_step=0, frequency=10)
+        >>> schedule(0), schedule(5), schedule(20)          # (update the masks?, sparsity)
+        ((True, 0.8), (False, 0.8), (True, 0.8))
+        >>> ConstantSparsity.from_config(schedule.get_config()).final_sparsity
+        0.8
+    """
 
     def __init__(self, target_sparsity: float, begin_step: int, end_step: int = -1, frequency: int = 100):
         self.target_sparsity = _check_sparsity(target_sparsity, "target_sparsity", "ConstantSparsity")
@@ -61,7 +69,15 @@ class ConstantSparsity(PruningSchedule):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class PolynomialDecay(PruningSchedule):
-    """Gradual pruning of Zhu and Gupta (2017), eq. 1 (tfmot's PolynomialDecay)."""
+    """Gradual pruning of Zhu and Gupta (2017), eq. 1 (tfmot's PolynomialDecay).
+
+    Example:
+        >>> schedule = PolynomialDecay(0.0, 0.9, begin_step=0, end_step=100, frequency=50)
+        >>> [round(schedule.sparsity(step), 4) for step in (0, 50, 100, 200)]
+        [0.0, 0.7875, 0.9, 0.9]
+        >>> [schedule.should_prune(step) for step in (0, 25, 50, 150)]
+        [True, False, True, False]
+    """
 
     def __init__(self, initial_sparsity: float, final_sparsity: float, begin_step: int, end_step: int,
                  power: float = 3, frequency: int = 100):

@@ -93,6 +93,18 @@ def cluster(model: keras.Model, n_clusters: int = 16, *, init: str = "linear",
             ``"density"``.
         preserve_sparsity: exact zeros (a pruned, stripped model) stay exactly 0.
         layers: None (every clusterable layer), layer names, or a function layer -> bool.
+
+    Example:
+        >>> keras.utils.set_random_seed(0)
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+        >>> clustered = cluster(model, n_clusters=4)
+        >>> type(clustered.layers[0]).__name__
+        'ClusterWeights'
+        >>> clustered.compile("adam", "mse")
+        >>> _ = clustered.fit(np.ones((8, 8)), np.zeros((8, 4)), epochs=1, verbose=0)   # fine-tune the centroids
+        >>> plain = strip_clustering(clustered)
+        >>> len(np.unique(plain.get_layer("fc").kernel.numpy())) <= 4
+        True
     """
     if not _is_graph_model(model):
         raise TfcompressError(f"cluster needs a Sequential or Functional model, got "
@@ -148,7 +160,14 @@ def cluster(model: keras.Model, n_clusters: int = 16, *, init: str = "linear",
 
 def strip_clustering(model: keras.Model) -> keras.Model:
     """A plain model whose kernels hold the clustered values (tfmot's ``strip_clustering``):
-    at most ``n_clusters`` distinct values per kernel, plus the preserved zeros."""
+    at most ``n_clusters`` distinct values per kernel, plus the preserved zeros.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+        >>> plain = strip_clustering(cluster(model, n_clusters=3))
+        >>> type(plain.layers[0]).__name__, len(np.unique(plain.get_layer("fc").kernel.numpy()))
+        ('Dense', 3)
+    """
     if not _is_graph_model(model):
         raise TfcompressError(f"strip_clustering needs a Sequential or Functional model, got "
                               f"{type(model).__name__}", getattr(model, "name", "model"))
@@ -169,7 +188,12 @@ def strip_clustering(model: keras.Model) -> keras.Model:
 def huffman_code_lengths(frequencies: Mapping[Hashable, int]) -> dict[Hashable, int]:
     """Code length of every symbol of positive frequency in a Huffman code (Huffman 1952):
     repeatedly merge the two least frequent nodes; a symbol's length is its depth. A single
-    symbol gets 1 bit."""
+    symbol gets 1 bit.
+
+    Example:
+        >>> huffman_code_lengths({"a": 5, "b": 2, "c": 1, "d": 1})
+        {'a': 1, 'b': 2, 'c': 3, 'd': 3}
+    """
     symbols = [s for s, f in frequencies.items() if f > 0]
     if len(symbols) <= 1:
         return dict.fromkeys(symbols, 1)
@@ -190,7 +214,12 @@ def huffman_code_lengths(frequencies: Mapping[Hashable, int]) -> dict[Hashable, 
 
 
 def huffman_bits(counts: Mapping[Hashable, int]) -> int:
-    """Total bits of a Huffman-coded stream with this histogram (symbol -> count)."""
+    """Total bits of a Huffman-coded stream with this histogram (symbol -> count).
+
+    Example:
+        >>> huffman_bits({"a": 5, "b": 2, "c": 1, "d": 1})     # 5 * 1 + 2 * 2 + 3 + 3
+        15
+    """
     lengths = huffman_code_lengths(counts)
     return sum(int(counts[s]) * n for s, n in lengths.items())
 
@@ -209,6 +238,13 @@ class LayerSize:
     ``layout`` is ``"sparse"`` (relative indices, sec. 2) or ``"dense"``; ``values`` is
     ``"codebook"`` (Huffman-coded cluster indices + codebook) or ``"raw"`` (the values as
     stored, used when that is smaller, e.g. an unclustered float kernel).
+
+    Example:
+        >>> size = kernel_size("fc", np.array([[0, 1], [2, 1]]), "dense", gap_bits=5, raw_bits=32)
+        >>> size.nonzero, size.clusters, size.layout, size.values
+        (3, 2, 'sparse', 'codebook')
+        >>> size.bytes                  # a 2-value codebook (8 bytes) and a few bits of gaps and indices
+        9
     """
 
     name: str
@@ -231,7 +267,19 @@ class LayerSize:
 
 @dataclass
 class DeepCompressionSize:
-    """Per-layer and total Deep Compression storage, next to the TFLite file's gzip size."""
+    """Per-layer and total Deep Compression storage, next to the TFLite file's gzip size.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+        >>> size = deep_compression_size(strip_clustering(cluster(model, n_clusters=4)))
+        >>> size.float32_bytes, size.total_bytes, round(size.compression_ratio, 2)
+        (144, 40, 3.6)
+        >>> print(size)
+        layer                           params   nonzero clusters layout  pos bits  idx bits codebook  other B     bytes
+        fc                                  32        32        4  dense         0        64       16       16        40
+        total                                                                                                       40
+        Deep Compression estimate 40 bytes; float32 144 bytes (3.6x)
+    """
 
     layers: dict[str, LayerSize] = field(default_factory=dict)
     float32_bytes: int = 0
@@ -293,6 +341,14 @@ def kernel_size(name: str, symbols: np.ndarray, kind: str, gap_bits: int, raw_bi
     and the cluster indices are Huffman-coded (sec. 4). ``codebook_bits``: the codebook's cost,
     by default 32 bits per distinct non-zero value (sec. 3.3). ``raw_bits``: bits per stored
     value without a codebook.
+
+    Example:
+        >>> symbols = np.array([0, 0, 1, 0, 2, 2, 0, 1])        # cluster indices, 0 = pruned
+        >>> size = kernel_size("fc", symbols, "dense", gap_bits=5, raw_bits=32)
+        >>> size.params, size.nonzero, size.clusters, size.codebook_bits        # 2 values at 32 bits
+        (8, 4, 2, 64)
+        >>> size.layout, size.bytes
+        ('sparse', 10)
     """
     flat = np.asarray(symbols).reshape(-1)
     positions = np.flatnonzero(flat)
@@ -419,6 +475,15 @@ def deep_compression_size(source: keras.Model | str | os.PathLike,
     Returns:
         :class:`DeepCompressionSize`: ``.layers`` (name -> :class:`LayerSize`),
         ``.total_bytes``, ``.float32_bytes``, ``.gzip_bytes``; ``print`` it for a table.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+        >>> dense = deep_compression_size(model)
+        >>> shared = deep_compression_size(strip_clustering(cluster(model, n_clusters=4)))
+        >>> dense.float32_bytes, shared.total_bytes < dense.total_bytes
+        (144, True)
+        >>> sorted(shared.layers)
+        ['fc']
     """
     from tfcompress.export.tflite_file import load_tflite
 
