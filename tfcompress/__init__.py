@@ -18,7 +18,7 @@ import sys
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "bayesian", "callbacks", "datasets", "distillation", "errors", "export", "layers", "metrics", "models",
+    "bayesian", "budget", "callbacks", "datasets", "distillation", "errors", "export", "layers", "metrics", "models",
     "pruning", "quantization", "quantizers", "uncertainty",
 )
 # Deprecated aliases of modules that moved into the packages above (still importable).
@@ -26,6 +26,8 @@ _DEPRECATED_SUBMODULES = (
     "clustering", "criteria", "packing", "pipelines", "qat", "regularizers", "schedules", "surgery",
 )
 _FUNCTIONS = {
+    "Budget": "tfcompress.budget",
+    "model_cost": "tfcompress.budget",
     "prune": "tfcompress.pruning",
     "strip": "tfcompress.pruning",
     "pruning_summary": "tfcompress.pruning",
@@ -38,7 +40,7 @@ _FUNCTIONS = {
 }
 # Modules whose import registers Keras-serializable classes (and, for pruning and bayesian, the
 # strip functions `shrink` applies, in this order).
-_REGISTERING = ("layers", "callbacks", "pruning", "pruning.schedules", "pruning.criteria", "pruning.regularizers",
+_REGISTERING = ("layers", "callbacks", "budget", "pruning", "pruning.schedules", "pruning.criteria", "pruning.regularizers",
                 "quantizers", "bayesian", "quantization.clustering", "quantization.qat", "distillation",
                 "uncertainty")
 

@@ -9,6 +9,8 @@
 ``pipelines``       ``iterative_prune``: prune and retrain in rounds, with rewinding
 ``regularizers``    sparsity penalties (L1, group lasso, network slimming, selective weight decay)
 ``surgery``         ``shrink``: remove the pruned channels for real
+``budget``          ``prune(model, budget=Budget(...))``: channel counts by importance per unit
+                    cost until a MAC / parameter / weight-byte budget is met; ``BudgetSchedule``
 ==================  ===========================================================================
 
 The layers (`PruneLowMagnitude`, `MaskedBatchNormalization`) and the criterion and schedule
@@ -39,6 +41,7 @@ from tfcompress.layers.prune_low_magnitude import (
     baked_weights,
 )
 from tfcompress.pruning import magnitude as _magnitude
+from tfcompress.pruning.budget import BudgetSchedule
 from tfcompress.pruning.magnitude import (
     mask_sparsity,
     masked_batch_norms,
@@ -55,6 +58,7 @@ __all__ = [
     "GRANULARITIES",
     "PRUNABLE_TYPES",
     "SCOPES",
+    "BudgetSchedule",
     "ConstantSparsity",
     "MagnitudeCriterion",
     "MaskedBatchNormalization",

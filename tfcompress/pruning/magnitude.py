@@ -73,6 +73,7 @@ from tfcompress.layers.prune_low_magnitude import (
     is_prunable,
     prunable_types,
 )
+from tfcompress.pruning.budget import BudgetSchedule, budget_channel_masks
 from tfcompress.pruning.groups import (
     channel_flow,
     follower_masks,
@@ -195,17 +196,20 @@ def _settings_for(layer, layers, defaults: dict) -> dict | None:
     return {**defaults, **chosen}
 
 
-def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: str = "layer",
-          criterion: Any = "magnitude", *, layers=None, min_keep_fraction: float = 0.02,
-          verbose: int = 1) -> keras.Model:
+def prune(model, schedule: PruningSchedule | None = None, granularity: str | None = None, scope: str = "layer",
+          criterion: Any = None, *, layers=None, min_keep_fraction: float = 0.02,
+          verbose: int = 1, budget=None) -> keras.Model:
     """A copy of ``model`` whose prunable layers are wrapped in `PruneLowMagnitude`.
 
     Args:
         model: a built Sequential or Functional model (nested models are handled).
-        schedule: `tfcompress.pruning.schedules.ConstantSparsity` / `PolynomialDecay`.
-        granularity: ``"weight"``, ``"channel"`` or ``"N:M"`` (e.g. ``"2:4"``).
+        schedule: `tfcompress.pruning.schedules.ConstantSparsity` / `PolynomialDecay` (None
+            with ``budget``).
+        granularity: ``"weight"`` (the default), ``"channel"`` (the default with ``budget``) or
+            ``"N:M"`` (e.g. ``"2:4"``).
         scope: ``"layer"`` or ``"global"``.
-        criterion: ``"magnitude"`` (``"l2"``), ``"l1"``, or a `PruningCriterion`.
+        criterion: ``"magnitude"`` (``"l2"``, the default), ``"l1"`` (the default with
+            ``budget``), or a `PruningCriterion`.
         layers: which layers to prune and how: ``None`` (every prunable layer), a dict
             ``{layer_name: {overrides} or {}}`` (only those; overrides among ``schedule``,
             ``granularity``, ``scope``, ``criterion``, ``min_keep_fraction``), or a function
@@ -214,6 +218,11 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
         verbose: how the report is shown (`tfcompress.report.CompressionReport.emit`): 0 not at
             all, 1 one log record (a warning when a weight matrix stays dense or a layer named in
             ``layers`` is left alone), 2 printed.
+        budget: a `tfcompress.Budget` (``params``, ``weight_bytes``, ``macs``) to reach by channel
+            pruning instead of a schedule's sparsity: channel counts per dependency group chosen
+            by importance per unit cost (`tfcompress.pruning.budget`, after MorphNet). The returned
+            model's masks already meet it once ``strip`` + ``shrink`` make it small; or a
+            `tfcompress.pruning.BudgetSchedule` to reach it gradually in ``fit`` (`UpdatePruning`).
 
     Returns:
         A new model with the original's weights; train it with `UpdatePruning`. Its
@@ -233,6 +242,15 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
     """
     _check_graph_model(model, "prune")
     verbose = check_verbose(verbose, "prune")
+    if budget is not None:
+        schedule, granularity, criterion = _budget_settings(model, budget, schedule, granularity, criterion)
+        scope = "global"
+    elif schedule is None:
+        raise TfcompressError("prune needs a schedule or a budget", "prune",
+                              "pass schedule=ConstantSparsity(0.5, 0) (or PolynomialDecay), or "
+                              "budget=tfcompress.Budget(macs=...)")
+    granularity = "weight" if granularity is None else granularity
+    criterion = "magnitude" if criterion is None else criterion
     get_schedule(schedule)
     parse_granularity(granularity)
     if scope not in SCOPES:
@@ -327,8 +345,37 @@ def prune(model, schedule: PruningSchedule, granularity: str = "weight", scope: 
     nothing = not pruning_wrappers(pruned)
     if nothing:
         report.notes.append(f"no layer of {model.name} was wrapped: nothing will be pruned")
+    elif budget is not None:
+        update_masks(pruned, 0)  # a one-shot budget is met on return; a gradual one starts dense
+        target = get_schedule(schedule).target(0)
+        report.notes.append(f"budget {get_schedule(schedule).budget}: masks chosen for {target} at step 0")
     report.emit(verbose, warn=nothing)
     return attach(pruned, report)
+
+
+def _budget_settings(model, budget, schedule, granularity, criterion) -> tuple:
+    """``prune(budget=...)``'s schedule (a `BudgetSchedule` starting from the model's cost),
+    granularity and criterion, checked."""
+    from tfcompress.budget import Budget, model_cost
+    from tfcompress.pruning.budget import AIMED, BudgetSchedule
+
+    if schedule is not None:
+        raise TfcompressError("prune got both a schedule and a budget", "prune(schedule=..., budget=...)",
+                              "pass one: a budget is reached at once, or gradually with "
+                              "budget=BudgetSchedule(Budget(...), begin_step, end_step)")
+    if isinstance(budget, Budget):
+        budget = BudgetSchedule(budget)
+    if not isinstance(budget, BudgetSchedule):
+        raise TfcompressError(f"budget must be a tfcompress.Budget or a BudgetSchedule, got {type(budget).__name__}",
+                              "prune(budget=...)", "pass e.g. budget=tfcompress.Budget(macs=100_000)")
+    if granularity not in (None, "channel"):
+        raise TfcompressError(f"a budget is reached by channel pruning, not granularity={granularity!r}",
+                              "prune(budget=...)", "leave granularity out (or pass 'channel')")
+    if budget.start is None:
+        cost = model_cost(model, budget.budget.precision)
+        budget = BudgetSchedule(budget.budget, budget.begin_step, budget.end_step, budget.frequency, budget.power,
+                                start={q: cost.get(q) for q in AIMED})
+    return budget, "channel", "l1" if criterion is None else criterion
 
 
 def strip(model) -> keras.Model:
@@ -448,7 +495,8 @@ def update_masks(model, step: int, force_sparsity: float | None = None, *, neste
             sharing = [v for v, _ in due if v.criterion is criterion]
             criterion.prepare(model, sharing)
             prepared.add(id(criterion))
-    channel = [(w, s) for w, s in due if w.kind == "channel"]
+    budgeted = [w for w, _ in due if isinstance(w.pruning_schedule, BudgetSchedule) and force_sparsity is None]
+    channel = [(w, s) for w, s in due if w.kind == "channel" and w not in budgeted]
     local = [(w, s) for w, s in due if (w.scope == "layer" or w.kind == "n:m") and w.kind != "channel"]
     global_ = [(w, s) for w, s in due if w.scope == "global" and w.kind == "weight"]
     new_masks = [(w, _layer_mask(w, s, nested)) for w, s in local]
@@ -464,6 +512,8 @@ def update_masks(model, step: int, force_sparsity: float | None = None, *, neste
 
     if channel:
         new_masks += _channel_masks(model, channel, nested, flow(), channel_multiple)
+    if budgeted:
+        new_masks += _budget_masks(model, budgeted, step, flow())
     for w, mask in new_masks:
         w.mask.assign(mask.astype(w.mask.dtype))
         kernel = w.kernel_variable
@@ -490,6 +540,20 @@ def _channel_masks(model, due: list[tuple[PruneLowMagnitude, float]], nested: bo
         masks = group_channel_masks(model, wrappers, sparsity, scope=scope, nested=nested,
                                     min_keep_fraction=floor, channel_multiple=channel_multiple, flow=flow)
         out += [(w, channel_to_kernel(w, masks[w.name])) for w in wrappers]
+    return out
+
+
+def _budget_masks(model, wrappers: list[PruneLowMagnitude], step: int, flow) -> list:
+    """The masks of budget-pruned wrappers (`tfcompress.pruning.budget`): those that share a
+    `BudgetSchedule` (equal configs) and floor are decided together, for its target at ``step``."""
+    out = []
+    shared: dict[str, list[PruneLowMagnitude]] = {}
+    for w in wrappers:
+        shared.setdefault(repr((w.pruning_schedule.get_config(), w.min_keep_fraction)), []).append(w)
+    for group in shared.values():
+        target = group[0].pruning_schedule.target(step)
+        masks = budget_channel_masks(model, group, target, min_keep_fraction=group[0].min_keep_fraction, flow=flow)
+        out += [(w, channel_to_kernel(w, masks[w.name])) for w in group]
     return out
 
 
