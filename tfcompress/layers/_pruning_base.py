@@ -32,7 +32,17 @@ SCOPES = ("layer", "global")
 
 
 class PruningSchedule:
-    """Base class: ``schedule(step) -> (should_prune: bool, sparsity: float)``."""
+    """Base class: ``schedule(step) -> (should_prune: bool, sparsity: float)``.
+
+    Example:
+        >>> class EveryStep(PruningSchedule):             # prune to 50% at every step
+        ...     def should_prune(self, step):
+        ...         return True
+        ...     def sparsity(self, step):
+        ...         return 0.5
+        >>> EveryStep()(3)
+        (True, 0.5)
+    """
 
     begin_step: int
     end_step: int
@@ -76,7 +86,15 @@ class PruningSchedule:
 
 
 def get_schedule(identifier: Any) -> PruningSchedule:
-    """A schedule from an instance or a serialized config."""
+    """A schedule from an instance or a serialized config.
+
+    Example:
+        >>> from tfcompress.pruning import PolynomialDecay
+        >>> schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=10)
+        >>> config = keras.saving.serialize_keras_object(schedule)
+        >>> get_schedule(config).final_sparsity, get_schedule(schedule) is schedule
+        (0.8, True)
+    """
     if isinstance(identifier, PruningSchedule):
         return identifier
     if isinstance(identifier, dict):
@@ -96,6 +114,18 @@ class PruningCriterion:
     Subclasses implement :meth:`scores` (kernel-shaped, larger = keep). :meth:`channel_scores`
     defaults to a norm of the scores over each output channel. :meth:`observe` receives
     training statistics from the callback when :attr:`needs_statistics` is set.
+
+    Example:
+        >>> from tfcompress.layers import PruneLowMagnitude
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> wrapper = PruneLowMagnitude(keras.layers.Dense(2), ConstantSparsity(0.5, begin_step=0))
+        >>> wrapper.build((None, 3))
+        >>> _ = wrapper.layer.kernel.assign([[1.0, -4.0], [2.0, 0.0], [-2.0, 3.0]])
+        >>> class Largest(PruningCriterion):              # keep the largest kernel entries, as |w| does
+        ...     def scores(self, wrapper):
+        ...         return np.abs(wrapper.masked_kernel_numpy())
+        >>> Largest().channel_scores(wrapper).tolist()    # L2 norms of the columns
+        [3.0, 5.0]
     """
 
     needs_statistics = False
@@ -132,7 +162,19 @@ class PruningCriterion:
 class MagnitudeCriterion(PruningCriterion):
     """|w| for weights (Han et al. 2015, "Learning both Weights and Connections"); for channels
     the L1 or L2 norm of the channel's weights (Li et al. 2017, "Pruning Filters for Efficient
-    ConvNets", eq. 1 uses the L1 norm)."""
+    ConvNets", eq. 1 uses the L1 norm).
+
+    Example:
+        >>> from tfcompress.layers import PruneLowMagnitude
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> wrapper = PruneLowMagnitude(keras.layers.Dense(2), ConstantSparsity(0.5, begin_step=0))
+        >>> wrapper.build((None, 3))
+        >>> _ = wrapper.layer.kernel.assign([[1.0, -4.0], [2.0, 0.0], [-2.0, 3.0]])
+        >>> MagnitudeCriterion("l2").channel_scores(wrapper).tolist(), MagnitudeCriterion("l1").channel_scores(wrapper).tolist()
+        ([3.0, 5.0], [5.0, 7.0])
+        >>> [round(float(v), 3) for v in MagnitudeCriterion().global_channel_scores(wrapper)]   # / sqrt(fan-in 3)
+        [1.732, 2.887]
+    """
 
     def __init__(self, norm: str = "l2"):
         if norm not in ("l1", "l2"):
@@ -167,11 +209,27 @@ _CRITERIA: dict[str, Callable[[], PruningCriterion]] = {
 
 
 def register_criterion(name: str, factory: Callable[[], PruningCriterion]) -> None:
-    """Make ``criterion=name`` available to :func:`prune`."""
+    """Make ``criterion=name`` available to :func:`prune`.
+
+    Example:
+        >>> register_criterion("l1_alias", lambda: MagnitudeCriterion("l1"))
+        >>> get_criterion("l1_alias").norm
+        'l1'
+    """
     _CRITERIA[name] = factory
 
 
 def get_criterion(identifier: Any) -> PruningCriterion:
+    """A criterion from an instance, a serialized config or a registered name (`register_criterion`).
+
+    Example:
+        >>> type(get_criterion("magnitude")).__name__, get_criterion("l1").norm
+        ('MagnitudeCriterion', 'l1')
+        >>> get_criterion("random")
+        Traceback (most recent call last):
+        ...
+        tfcompress.errors.TfcompressError: criterion: unknown pruning criterion 'random' Fix: use one of [...]
+    """
     if isinstance(identifier, PruningCriterion):
         return identifier
     if isinstance(identifier, dict):
@@ -187,7 +245,12 @@ def get_criterion(identifier: Any) -> PruningCriterion:
 
 
 def parse_granularity(granularity: str) -> tuple[str, tuple[int, int] | None]:
-    """``"weight"`` / ``"channel"`` / ``"N:M"`` -> (kind, (N, M) or None)."""
+    """``"weight"`` / ``"channel"`` / ``"N:M"`` -> (kind, (N, M) or None).
+
+    Example:
+        >>> parse_granularity("channel"), parse_granularity("2:4")
+        (('channel', None), ('n:m', (2, 4)))
+    """
     if granularity in GRANULARITIES:
         return granularity, None
     if isinstance(granularity, str) and granularity.count(":") == 1:
@@ -215,7 +278,17 @@ def _depthwise(layer) -> bool:
 
 
 def channel_reduce(wrapper: PruneLowMagnitude, values: np.ndarray, reduce: Callable) -> np.ndarray:
-    """Reduce kernel-shaped values to one number per output channel (bias-sized)."""
+    """Reduce kernel-shaped values to one number per output channel (bias-sized).
+
+    Example:
+        >>> from tfcompress.layers import PruneLowMagnitude
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> wrapper = PruneLowMagnitude(keras.layers.Dense(2), ConstantSparsity(0.5, begin_step=0))
+        >>> wrapper.build((None, 3))
+        >>> _ = wrapper.layer.kernel.assign([[1.0, -4.0], [2.0, 0.0], [-2.0, 3.0]])
+        >>> channel_reduce(wrapper, np.abs(wrapper.masked_kernel_numpy()), np.max).tolist()
+        [2.0, 4.0]
+    """
     if _depthwise(wrapper.layer):
         cin, mult = values.shape[-2:]  # output channel c * mult + k
         return reduce(values.reshape(-1, cin * mult), axis=0)
@@ -223,12 +296,33 @@ def channel_reduce(wrapper: PruneLowMagnitude, values: np.ndarray, reduce: Calla
 
 
 def channel_group_size(wrapper: PruneLowMagnitude) -> int:
-    """Kernel entries per output channel (kh * kw for a depthwise channel, the fan-in otherwise)."""
+    """Kernel entries per output channel (kh * kw for a depthwise channel, the fan-in otherwise).
+
+    Example:
+        >>> from tfcompress.layers import PruneLowMagnitude
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> wrapper = PruneLowMagnitude(keras.layers.Dense(2), ConstantSparsity(0.5, begin_step=0))
+        >>> wrapper.build((None, 3))
+        >>> _ = wrapper.layer.kernel.assign([[1.0, -4.0], [2.0, 0.0], [-2.0, 3.0]])
+        >>> channel_group_size(wrapper)                   # 3 inputs per output unit
+        3
+    """
     size = int(np.prod(wrapper.mask.shape))
     return max(size // max(int(wrapper.channel_mask_numpy().size), 1), 1)
 
 
 def channel_to_kernel(wrapper: PruneLowMagnitude, channel_mask: np.ndarray) -> np.ndarray:
+    """A per-output-channel mask broadcast to the kernel's shape (the wrapper's ``mask``).
+
+    Example:
+        >>> from tfcompress.layers import PruneLowMagnitude
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> wrapper = PruneLowMagnitude(keras.layers.Dense(2), ConstantSparsity(0.5, begin_step=0))
+        >>> wrapper.build((None, 3))
+        >>> _ = wrapper.layer.kernel.assign([[1.0, -4.0], [2.0, 0.0], [-2.0, 3.0]])
+        >>> channel_to_kernel(wrapper, np.array([1.0, 0.0])).tolist()
+        [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    """
     shape = tuple(wrapper.mask.shape)
     if _depthwise(wrapper.layer):
         return np.broadcast_to(channel_mask.reshape((1,) * (len(shape) - 2) + shape[-2:]), shape).copy()

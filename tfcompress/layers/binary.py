@@ -48,6 +48,13 @@ class BinaryDense(_QuantizedKernelMixin, keras.layers.Dense):
             (sign(W) in {-1, +1}, BinaryConnect eq. 1), or a `tfcompress.quantizers` instance.
         input_quantizer: None, or ``"ste_sign"`` to binarize the inputs (BNN).
         **kwargs: those of `keras.layers.Dense`.
+
+    Example:
+        >>> layer = BinaryDense(4)
+        >>> model = keras.Sequential([keras.Input((8,)), layer])
+        >>> kernel = keras.ops.convert_to_numpy(layer.tfcompress_effective_weights()[0])
+        >>> kernel.shape, [len(set(abs(kernel[:, c]).round(6))) for c in range(4)]   # one |value| per unit
+        ((8, 4), [1, 1, 1, 1])
     """
 
     def __init__(self, units: int, kernel_quantizer="xnor_weight", input_quantizer=None, **kwargs):
@@ -66,7 +73,17 @@ class BinaryDense(_QuantizedKernelMixin, keras.layers.Dense):
 @keras.saving.register_keras_serializable(package="tfcompress")
 class BinaryConv2D(_QuantizedKernelMixin, keras.layers.Conv2D):
     """Conv2D with binary weights (per-filter XNOR scale by default) and optionally binarized
-    inputs. Arguments as `BinaryDense` plus those of `keras.layers.Conv2D`."""
+    inputs. Arguments as `BinaryDense` plus those of `keras.layers.Conv2D`.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = BinaryConv2D(4, 3, input_quantizer="ste_sign")
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), layer])
+        >>> model(np.ones((1, 8, 8, 1), "float32")).shape
+        TensorShape([1, 6, 6, 4])
+        >>> type(layer.kernel_quantizer).__name__, type(layer.input_quantizer).__name__
+        ('XnorWeight', 'SteSign')
+    """
 
     def __init__(
         self,
@@ -91,7 +108,13 @@ class BinaryConv2D(_QuantizedKernelMixin, keras.layers.Conv2D):
 class QuantizeActivation(keras.layers.Layer):
     """Applies an activation quantizer (``"ste_sign"``: sign(x) with sign(0) = +1, BNN eq. 1;
     straight-through gradient, BNN eq. 4). What `materialize` puts in front of a plain layer
-    whose source layer had an ``input_quantizer``; in TFLite it is GREATER_EQUAL + SELECT_V2."""
+    whose source layer had an ``input_quantizer``; in TFLite it is GREATER_EQUAL + SELECT_V2.
+
+    Example:
+        >>> import numpy as np
+        >>> keras.ops.convert_to_numpy(QuantizeActivation()(np.array([[-0.5, 0.0, 2.0]], "float32"))).tolist()
+        [[-1.0, 1.0, 1.0]]
+    """
 
     def __init__(self, quantizer="ste_sign", **kwargs):
         super().__init__(**kwargs)
@@ -139,6 +162,17 @@ def materialize(model: keras.Model) -> keras.Model:
     is the layer's bias; a layer with an ``input_quantizer`` is preceded by a
     `QuantizeActivation` layer. Other layers are copied with their weights. Predictions equal
     the source model's. Works on Sequential and Functional models (nested ones included).
+
+    Example:
+        >>> import numpy as np
+        >>> from tfcompress.layers import TernaryDense
+        >>> model = keras.Sequential([keras.Input((8,)), BinaryDense(4, name="b"), TernaryDense(2, name="t")])
+        >>> plain = materialize(model)
+        >>> [type(layer).__name__ for layer in plain.layers]
+        ['Dense', 'Dense']
+        >>> x = np.random.default_rng(0).normal(size=(3, 8)).astype("float32")
+        >>> bool(np.allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5))
+        True
     """
     if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
         raise TfcompressError(

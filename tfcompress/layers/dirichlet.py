@@ -122,6 +122,16 @@ class DirichletSwitch(SeedStateMixin, keras.layers.Layer):
             least this (0.1 = a tenth of the uniform share).
         kl_weight: initial value of the ``kl_weight`` variable.
         seed: seed of the Dirichlet samples.
+
+    Example:
+        >>> switch = DirichletSwitch(dataset_size=100, seed=0)
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), switch])
+        >>> model(np.ones((2, 8), "float32"), training=True).shape
+        TensorShape([2, 4])
+        >>> np.round(switch.posterior_mean(), 3).tolist()      # equal concentrations: importance 1/4 each
+        [0.25, 0.25, 0.25, 0.25]
+        >>> switch.prune(num_keep=2), int(switch.keep_mask().sum())
+        (2, 2)
     """
 
     def __init__(
@@ -296,6 +306,13 @@ def freeze_all_but_switches(model: keras.Model) -> int:
 
     Returns:
         the number of trainable switch parameters.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), DirichletSwitch(dataset_size=100)])
+        >>> freeze_all_but_switches(model)       # one concentration per channel
+        4
+        >>> [layer.trainable for layer in model.layers]
+        [False, True]
     """
     switches = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):

@@ -38,7 +38,15 @@ _EXPORT: contextvars.ContextVar[Mapping[int, np.ndarray] | None] = contextvars.C
 
 @contextlib.contextmanager
 def export_mode(model: keras.Model | None = None) -> Iterator[None]:
-    """While tracing for the converter: weights stay float (the converter quantizes them)."""
+    """While tracing for the converter: weights stay float (the converter quantizes them).
+
+    Example:
+        >>> exporting()
+        False
+        >>> with export_mode():
+        ...     exporting()
+        True
+    """
     kernels = dict(_EXPORT.get() or {})
     if model is not None:
         # every folded kernel and bias as a ready constant: the converter would otherwise fold the
@@ -56,7 +64,14 @@ def export_mode(model: keras.Model | None = None) -> Iterator[None]:
 
 
 def exporting() -> bool:
-    """True inside `export_mode` (in this thread or task)."""
+    """True inside `export_mode` (in this thread or task).
+
+    Example:
+        >>> with export_mode():
+        ...     inside = exporting()
+        >>> inside, exporting()
+        (True, False)
+    """
     return _EXPORT.get() is not None
 
 
@@ -117,6 +132,12 @@ def fake_quant_per_channel(kernel, channel_axis_last: bool = True):
     and then (1 weight in ~10^4 in MobileNetV1): that weight then differs from the int8 file's by
     one level and moves outputs by a fraction of an LSB, enough to flip their rounding. The TF op
     still gives the gradient (straight-through inside the range, and to the range itself).
+
+    Example:
+        >>> kernel = np.array([[1.0, 0.5], [0.3, -0.25]], "float32")   # scales 1/127 and 0.5/127
+        >>> q = keras.ops.convert_to_numpy(fake_quant_per_channel(kernel))
+        >>> np.round(q * 127 / np.array([1.0, 0.5]), 3).tolist()        # the int8 levels; -63.5 rounds to -64
+        [[127.0, 127.0], [38.0, -64.0]]
     """
     import tensorflow as tf
 
@@ -335,6 +356,16 @@ class SharedRangeQuantizer(ActivationQuantizer):
     Args:
         members: how many tensors share the range.
         ema_decay, start_step: as for `ActivationQuantizer` (counted per member).
+
+    Example:
+        >>> quantizer = SharedRangeQuantizer(members=2)
+        >>> a, b = np.array([[0.0, 1.0]], "float32"), np.array([[-3.0, 2.0]], "float32")
+        >>> _ = quantizer(a, member=0, training=True); _ = quantizer(b, member=1, training=True)
+        >>> quantizer.range_min.numpy().tolist(), quantizer.range_max.numpy().tolist()
+        ([0.0, -3.0], [1.0, 2.0])
+        >>> out = keras.ops.convert_to_numpy(quantizer(a, member=0))     # on the shared range [-3, 2]
+        >>> bool(abs(out[0, 1] - 1.0) < 5.0 / 255)
+        True
     """
 
     def __init__(self, members: int = 2, ema_decay: float = 0.99, start_step: int = 0, **kwargs):
@@ -602,6 +633,16 @@ class QuantizedLayer(keras.layers.Wrapper):
         ema_decay, start_step: for the output `ActivationQuantizer`.
         quantize_output: False when the output's range is shared with other tensors and a
             `SharedRangeQuantizer` after the layer quantizes it (``quantize`` decides).
+
+    Example:
+        >>> dense = keras.layers.Dense(4, activation="relu")
+        >>> layer = QuantizedLayer(dense, activation="linear")
+        >>> model = keras.Sequential([keras.Input((8,)), layer])
+        >>> model(np.ones((2, 8), "float32"), training=True).shape
+        TensorShape([2, 4])
+        >>> kernel, bias = layer.folded_kernel_and_bias()
+        >>> tuple(kernel.shape), tuple(bias.shape)
+        ((8, 4), (4,))
     """
 
     tfcompress_fake_quant = True

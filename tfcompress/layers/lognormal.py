@@ -172,6 +172,16 @@ class LogNormalDropout(SeedStateMixin, keras.layers.Layer):
             training behaves as it always has.
         kl_weight: initial value of the ``kl_weight`` variable.
         seed: seed of the noise.
+
+    Example:
+        >>> layer = LogNormalDropout(dataset_size=100, seed=0)
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), layer])
+        >>> model(np.ones((2, 8), "float32"), training=True).shape
+        TensorShape([2, 4])
+        >>> layer.keep_mask().tolist()                         # SNR >= 1 for every channel at init
+        [True, True, True, True]
+        >>> np.round(layer.expected_noise(), 3).tolist()   # E[theta], log theta ~ N(0, e^-3) cut at 0
+        [0.961, 0.961, 0.961, 0.961]
     """
 
     def __init__(

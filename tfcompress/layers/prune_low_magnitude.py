@@ -52,6 +52,18 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         scope: ``"layer"`` or ``"global"``.
         criterion: a criterion name or `PruningCriterion`.
         min_keep_fraction: with ``scope="global"``, the least fraction a layer keeps.
+
+    Example:
+        >>> from tfcompress.pruning import ConstantSparsity, update_masks
+        >>> keras.utils.set_random_seed(0)
+        >>> layer = PruneLowMagnitude(keras.layers.Dense(4), ConstantSparsity(0.5, begin_step=0))
+        >>> model = keras.Sequential([keras.Input((8,)), layer])
+        >>> float(keras.ops.mean(layer.mask))                     # dense until the masks are updated
+        1.0
+        >>> update_masks(model, step=0)
+        {...: 0.5}
+        >>> float(keras.ops.mean(layer.mask))                     # the 16 smallest |w| of 32 masked
+        0.5
     """
 
     tfcompress_pruning_wrapper = True
@@ -145,7 +157,17 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 class MaskedBatchNormalization(keras.layers.Wrapper):
     """A BatchNormalization after a channel-pruned layer: multiplies its output by the channel
     mask of ``source`` (kept in ``channel_mask``), so a pruned channel is exactly 0. `strip`
-    bakes the mask into gamma and beta (then BN maps the channel to exactly 0 too)."""
+    bakes the mask into gamma and beta (then BN maps the channel to exactly 0 too).
+
+    Example:
+        >>> from tfcompress.pruning import ConstantSparsity, prune
+        >>> x = keras.Input((8,))
+        >>> y = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(4, name="fc")(x))
+        >>> pruned = prune(keras.Model(x, y), ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+        >>> masked = pruned.layers[-1]
+        >>> type(masked).__name__, masked.source, tuple(masked.channel_mask.shape)   # source: the wrapper
+        ('MaskedBatchNormalization', 'prune_low_magnitude_fc', (4,))
+    """
 
     tfcompress_pruning_wrapper = True
 
@@ -179,7 +201,18 @@ class MaskedBatchNormalization(keras.layers.Wrapper):
 
 
 def baked_weights(layer) -> list[np.ndarray]:
-    """The inner layer's weights with the masks multiplied in (what `strip` keeps)."""
+    """The inner layer's weights with the masks multiplied in (what `strip` keeps).
+
+    Example:
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> layer = PruneLowMagnitude(keras.layers.Dense(2), ConstantSparsity(0.5, begin_step=0))
+        >>> layer.build((None, 2))
+        >>> _ = layer.layer.kernel.assign([[1.0, 2.0], [3.0, 4.0]])
+        >>> _ = layer.mask.assign([[0.0, 1.0], [1.0, 0.0]])
+        >>> kernel, bias = baked_weights(layer)
+        >>> kernel.tolist(), bias.tolist()
+        ([[0.0, 2.0], [3.0, 0.0]], [0.0, 0.0])
+    """
     weights = [np.array(w) for w in layer.layer.get_weights()]
     inner = layer.layer
     if isinstance(layer, PruneLowMagnitude):

@@ -178,6 +178,16 @@ class VariationalDense(_SparseVariationalBase):
         threshold: ``log alpha`` above which a weight is dropped (paper: 3).
         kl_weight: initial value of the ``kl_weight`` variable.
         seed: seed of the local reparameterization noise.
+
+    Example:
+        >>> layer = VariationalDense(4, dataset_size=100, seed=0)
+        >>> model = keras.Sequential([keras.Input((8,)), layer])
+        >>> model(np.ones((2, 8), "float32"), training=True).shape
+        TensorShape([2, 4])
+        >>> layer.weight_mask().shape, int(layer.weight_mask().sum())      # log alpha starts low: all kept
+        ((8, 4), 32)
+        >>> float(layer.kl_divergence()) > 0
+        True
     """
 
     def __init__(
@@ -240,6 +250,14 @@ class VariationalConv2D(_SparseVariationalBase):
         filters, kernel_size, strides, padding, dilation_rate: as ``keras.layers.Conv2D``
             (channels last only).
         The other arguments are those of ``VariationalDense``.
+
+    Example:
+        >>> layer = VariationalConv2D(4, 3, dataset_size=100, seed=0)
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), layer])
+        >>> model(np.ones((2, 8, 8, 1), "float32")).shape
+        TensorShape([2, 6, 6, 4])
+        >>> layer.channel_importance().tolist()                 # surviving incoming weights per filter
+        [9.0, 9.0, 9.0, 9.0]
     """
 
     def __init__(

@@ -41,6 +41,16 @@ class TernaryDense(_TernaryMixin, keras.layers.Dense):
         threshold_factor: t in Delta_c = t * E|W_c| (TWN eq. 9; 0.7).
         input_quantizer: None, or ``"ste_sign"`` to binarize the inputs.
         **kwargs: those of `keras.layers.Dense`.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = TernaryDense(4)
+        >>> model = keras.Sequential([keras.Input((8,)), layer])
+        >>> kernel = keras.ops.convert_to_numpy(layer.tfcompress_effective_weights()[0])
+        >>> [len(np.unique(kernel[:, c])) <= 3 for c in range(4)]          # {-a_c, 0, a_c} per unit
+        [True, True, True, True]
+        >>> [len(set(abs(kernel[:, c][kernel[:, c] != 0]).round(6))) for c in range(4)]    # one a_c per unit
+        [1, 1, 1, 1]
     """
 
     def __init__(self, units: int, threshold_factor: float = 0.7, input_quantizer=None, **kwargs):
@@ -52,7 +62,17 @@ class TernaryDense(_TernaryMixin, keras.layers.Dense):
 @keras.saving.register_keras_serializable(package="tfcompress")
 class TernaryConv2D(_TernaryMixin, keras.layers.Conv2D):
     """Conv2D with TWN ternary weights {-a_c, 0, a_c} per filter c. Arguments as
-    `TernaryDense` plus those of `keras.layers.Conv2D`."""
+    `TernaryDense` plus those of `keras.layers.Conv2D`.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = TernaryConv2D(4, 3, threshold_factor=0.5)
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), layer])
+        >>> model(np.ones((1, 8, 8, 1), "float32")).shape
+        TensorShape([1, 6, 6, 4])
+        >>> layer.kernel_quantizer.threshold_factor
+        0.5
+    """
 
     def __init__(
         self,

@@ -180,6 +180,16 @@ class VariationalBatchNormalization(SeedStateMixin, keras.layers.BatchNormalizat
         kl_weight: initial value of the ``kl_weight`` variable (annealed by ``KLAnnealing``).
         seed: seed of the reparameterization noise.
         **kwargs: the arguments of ``keras.layers.BatchNormalization``.
+
+    Example:
+        >>> layer = VariationalBatchNormalization(dataset_size=100, seed=0)
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), layer])
+        >>> model(np.ones((2, 8), "float32"), training=True).shape
+        TensorShape([2, 4])
+        >>> layer.keep_mask().tolist(), float(layer.kl_divergence()) > 0
+        ([True, True, True, True], True)
+        >>> type(layer.to_batch_normalization()).__name__        # the plain layer that replaces it
+        'BatchNormalization'
     """
 
     def __init__(
