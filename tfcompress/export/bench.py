@@ -57,6 +57,20 @@ class LatencyStats:
 
 @dataclass
 class BenchReport:
+    """What `benchmark` measured: one `LatencyStats` per file, the settings and the machine.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> _ = to_tflite(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), "model.tflite", quantization=None)
+        >>> report = benchmark(["model.tflite"], runs=10, warmup=1)
+        >>> stats = report.results[0]
+        >>> stats.runs, stats.min_ms <= stats.p50_ms <= stats.p99_ms, report.delegate
+        (10, True, 'xnnpack')
+        >>> sorted(report.to_dict())
+        [...'results'...]
+    """
+
     results: list[LatencyStats]
     warmup: int
     threads: int
@@ -144,8 +158,16 @@ def benchmark(
     """Latency of each file, measured interleaved in one process.
 
     Example:
-        >>> report = benchmark(["int8.tflite", "float32.tflite"], runs=500)   # doctest: +SKIP
-        >>> print(report.text())                                              # doctest: +SKIP
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> _ = to_tflite(model, "int8.tflite", "int8", representative_data=np.ones((4, 8), "float32"))
+        >>> _ = to_tflite(model, "float32.tflite", quantization=None)
+        >>> report = benchmark(["int8.tflite", "float32.tflite"], runs=20, warmup=2)
+        >>> [(r.path, r.runs) for r in report.results], report.results[0].ratio_to_first
+        ([('int8.tflite', 20), ('float32.tflite', 20)], 1.0)
+        >>> "float32.tflite" in report.text()
+        True
 
     Args:
         paths: `.tflite` files; ratios are relative to the first.

@@ -35,7 +35,12 @@ BUFFER_ALIGNMENT = 16
 
 @dataclass(frozen=True)
 class OffsetBuffer:
-    """One buffer stored after the flatbuffer and the tensors that read it."""
+    """One buffer stored after the flatbuffer and the tensors that read it.
+
+    Example:
+        >>> print(OffsetBuffer(index=3, offset=92160, size=262144, tensors=("dense/MatMul",)))
+        buffer 3 (262,144 bytes at offset 92,160: dense/MatMul)
+    """
 
     index: int
     offset: int
@@ -53,6 +58,15 @@ def offset_buffers(model: TFLiteModel) -> list[OffsetBuffer]:
     Example:
         >>> [b.size for b in offset_buffers(load_tflite("quantized.tflite"))]   # doctest: +SKIP
         [40960, 262144]
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+        >>> _ = to_tflite(model, "model.tflite", "int8", representative_data=x)
+        >>> offset_buffers(load_tflite("model.tflite"))      # the converter keeps every buffer inside
+        []
     """
     readers: dict[int, list[str]] = {}
     for tensors in model.tensors:
@@ -98,6 +112,16 @@ def inline_buffers(source: str | os.PathLike | bytes, output: str | os.PathLike)
 
     Example:
         >>> inline_buffers("quantized.tflite", "quantized_inline.tflite")   # doctest: +SKIP
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+        >>> _ = to_tflite(model, "model.tflite", "int8", representative_data=x)
+        >>> inlined = inline_buffers("model.tflite", "model_inline.tflite")
+        >>> inlined.external_buffers, inlined.op_counts() == load_tflite("model.tflite").op_counts()
+        ({}, True)
     """
     import flatbuffers
 

@@ -110,6 +110,17 @@ def representative_samples(
 
     Raises:
         CalibrationDataError: empty data, or a sample whose shape/dtype does not fit.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> samples = representative_samples(np.zeros((10, 8)), model, max_samples=4)
+        >>> len(samples), [a.shape for a in samples[0]], samples[0][0].dtype
+        (4, [(8,)], dtype('float32'))
+        >>> representative_samples(np.zeros((10, 3)), model)
+        Traceback (most recent call last):
+        ...
+        tfcompress.errors.CalibrationDataError: ...
     """
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int | np.integer)
                                     or max_samples < 1):
@@ -207,6 +218,15 @@ def load_calibration_file(path: str | os.PathLike, samples: int | None = None) -
 
     Raises:
         CalibrationDataError: missing, unreadable or empty file.
+
+    Example:
+        >>> np.savez("calib.npz", x=np.zeros((10, 8), "float32"))
+        >>> load_calibration_file("calib.npz").shape, load_calibration_file("calib.npz", samples=4).shape
+        ((10, 8), (4, 8))
+        >>> load_calibration_file("missing.npz")
+        Traceback (most recent call last):
+        ...
+        tfcompress.errors.CalibrationDataError: missing.npz: calibration file not found Fix: ...
     """
     p = Path(path)
     where = str(p)

@@ -21,11 +21,15 @@ builtin kernels without a delegate (XNNPACK fuses ops and keeps no intermediate 
 or its reference kernels (``reference_kernels=True``, what TFLite Micro is written against).
 
 Example:
-    >>> from tfcompress.export import compare
-    >>> report = compare(keras_model, "model_int8.tflite", x_calib[:64])   # doctest: +SKIP
-    >>> print(report.text())                                               # doctest: +SKIP
-    >>> [layer.op for layer in report.worst(2)]                            # doctest: +SKIP
-    ['FULLY_CONNECTED', 'CONV_2D']
+    >>> import keras, numpy as np
+    >>> from tfcompress.export import compare, to_tflite
+    >>> keras_model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+    ...                                 keras.layers.Dense(4)])
+    >>> x_calib = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    >>> _ = to_tflite(keras_model, "model_int8.tflite", "int8", representative_data=x_calib)
+    >>> report = compare(keras_model, "model_int8.tflite", x_calib[:16])
+    >>> [layer.op for layer in report.worst(2)]
+    ['FULLY_CONNECTED', 'FULLY_CONNECTED']
 """
 
 from __future__ import annotations
@@ -52,7 +56,18 @@ class CompareError(TfcompressError):
 
 @dataclass(frozen=True)
 class LayerError:
-    """The error of one op output of the quantized file against its float counterpart."""
+    """The error of one op output of the quantized file against its float counterpart.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> _ = to_tflite(model, "int8.tflite", "int8", representative_data=x)
+        >>> error = compare(model, "int8.tflite", x[:8]).layers[-1]
+        >>> error.op, error.dtype, error.shape, error.cosine > 0.99
+        ('FULLY_CONNECTED', 'int8', (1, 4), True)
+    """
 
     op: str
     op_index: int
@@ -80,7 +95,20 @@ class LayerError:
 
 @dataclass
 class ComparisonReport:
-    """`compare`'s answer: one `LayerError` per compared tensor, in op order."""
+    """`compare`'s answer: one `LayerError` per compared tensor, in op order.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> _ = to_tflite(model, "int8.tflite", "int8", representative_data=x)
+        >>> report = compare(model, "int8.tflite", x[:8])
+        >>> report.num_samples, len(report.layers), report.unmatched
+        (8, 1, [])
+        >>> "FULLY_CONNECTED" in report.text()
+        True
+    """
 
     model_path: str
     reference: str
@@ -152,8 +180,14 @@ def compare(
             integer tensors, no tensor has a counterpart, or the samples do not fit.
 
     Example:
-        >>> report = compare("float.tflite", "int8.tflite", x[:32])     # doctest: +SKIP
-        >>> report.worst(1)[0].snr_db > 20                             # doctest: +SKIP
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+        >>> _ = to_tflite(model, "float.tflite", quantization=None)
+        >>> _ = to_tflite(model, "int8.tflite", "int8", representative_data=x)
+        >>> report = compare("float.tflite", "int8.tflite", x[:32])
+        >>> report.worst(1)[0].snr_db > 20
         True
     """
     model = load_tflite(int8_tflite)

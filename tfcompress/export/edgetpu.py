@@ -511,8 +511,13 @@ def edgetpu_report(source: str | os.PathLike | bytes | TFLiteModel, compiler: st
     """Check a ``.tflite`` model against the Edge TPU compiler's documented requirements.
 
     Example:
-        >>> print(edgetpu_report("model.tflite", compiler="off").one_line())     # doctest: +SKIP
-        ready: all 7 ops map to the Edge TPU (static check)
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+        ...                           keras.layers.Flatten(), keras.layers.Dense(2)])
+        >>> _ = to_tflite(model, "model.tflite", "int8", representative_data=np.ones((4, 8, 8, 1), "float32"))
+        >>> print(edgetpu_report("model.tflite", compiler="off").one_line())
+        ready: all 3 ops map to the Edge TPU (static check)
 
     Args:
         source: path of the ``.tflite`` file, its bytes, or a `TFLiteModel` already loaded.
