@@ -292,6 +292,16 @@ class MicroReport:
     for bit for integer outputs, within ``float_tolerance`` for float outputs.
     ``max_diff_*`` are in LSB for integer outputs and in real units for float ones
     (``diff_unit`` says which).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten()])
+        >>> x = np.random.default_rng(0).random((8, 8, 8, 1)).astype("float32")
+        >>> _ = to_tflite(model, "model.tflite", "int8", representative_data=x)
+        >>> report = to_micro("model.tflite", "out", samples=x[:2])
+        >>> report.ops, report.identical, report.diff_unit, report.samples_compared
+        (['CONV_2D', 'RESHAPE'], True, 'LSB', 2)
     """
 
     model_path: str
@@ -404,7 +414,12 @@ def tflm_int16_problems(model: TFLiteModel) -> dict[str, str]:
     other numbers than LiteRT's reference kernels: op name -> what was measured.
 
     Example:
-        >>> tflm_int16_problems(load_tflite("int16x8.tflite"))   # doctest: +SKIP
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> x = keras.Input((8,))
+        >>> model = keras.Model(x, keras.ops.exp(keras.layers.Dense(4)(x)))
+        >>> _ = to_tflite(model, "int16x8.tflite", "int16x8", np.ones((4, 8), "float32"))
+        >>> tflm_int16_problems(load_tflite("int16x8.tflite"))
         {'EXP': 'no int16 kernel (exp.cc: input->type != kTfLiteFloat32)'}
     """
     int16 = _int16_ops(model)
@@ -943,9 +958,18 @@ def to_micro(
     write where they say.
 
     Example:
-        >>> report = to_micro("model.tflite", "firmware/model", name="lenet")   # doctest: +SKIP
-        >>> report.identical, report.recommended_arena_bytes                    # doctest: +SKIP
-        (True, 22288)
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+        ...                           keras.layers.Flatten(), keras.layers.Dense(2)])
+        >>> x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+        >>> _ = to_tflite(model, "model.tflite", "int8", representative_data=x, dense_as_conv=True)
+        >>> os.makedirs("firmware", exist_ok=True)
+        >>> report = to_micro("model.tflite", "firmware/model", name="lenet", samples=x[:4])
+        >>> report.identical, report.recommended_arena_bytes > 0     # TFLM = LiteRT's reference kernels
+        (True, True)
+        >>> sorted(os.path.basename(f) for f in report.files)
+        ['lenet_model_data.cc', 'lenet_model_data.h', 'lenet_op_resolver.h', 'lenet_report.json']
 
     Returns:
         A `MicroReport`; also written as ``NAME_report.json``.

@@ -87,7 +87,17 @@ WEIGHT_ONLY_TFLM = ("LiteRT only: TFLite Micro's DEQUANTIZE takes no int4 input 
 
 
 class PrecisionError(TfcompressError):
-    """A ``precision`` dict names no op, an op that cannot take the precision, or a bad value."""
+    """A ``precision`` dict names no op, an op that cannot take the precision, or a bad value.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+        >>> to_tflite(model, "m.tflite", "int8", np.ones((4, 8), "float32"), precision={"fc": "int3"})
+        Traceback (most recent call last):
+        ...
+        tfcompress.export.precision.PrecisionError: precision: unknown precision 'int3' for 'fc' Fix: use one of ...
+    """
 
 
 def _require_quantizer():
@@ -140,7 +150,12 @@ def weight_ops(model: TFLiteModel) -> list[tuple[int, str, str, str]]:
     subgraph with a constant float kernel as input 1 (rank >= 2), in file order.
 
     Example:
-        >>> [op for _, op, _, _ in weight_ops(load_tflite("float.tflite"))]   # doctest: +SKIP
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> keras_model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+        ...                                 keras.layers.Flatten(), keras.layers.Dense(2, name="fc1")])
+        >>> _ = to_tflite(keras_model, "float.tflite", quantization=None)
+        >>> [op for _, op, _, _ in weight_ops(load_tflite("float.tflite"))]
         ['CONV_2D', 'FULLY_CONNECTED']
     """
     found = []
@@ -170,9 +185,21 @@ def ops_by_tensor_name(model: TFLiteModel, precision: Mapping[str, str]) -> dict
         PrecisionError: a name matches no op with weights.
 
     Example:
-        >>> model = load_tflite("float.tflite")                                        # doctest: +SKIP
-        >>> ops_by_tensor_name(model, {"functional_1/fc1_1/MatMul": "int4"})           # doctest: +SKIP
-        {3: 'int4'}
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> keras_model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+        ...                                 keras.layers.Flatten(), keras.layers.Dense(2, name="fc1")])
+        >>> _ = to_tflite(keras_model, "float.tflite", quantization=None)
+        >>> model = load_tflite("float.tflite")
+        >>> index, op, output, weight = weight_ops(model)[-1]
+        >>> index, op, weight
+        (2, 'FULLY_CONNECTED', '...fc1...')
+        >>> ops_by_tensor_name(model, {weight: "int4"})
+        {2: 'int4'}
+        >>> ops_by_tensor_name(model, {"no/such/tensor": "int4"})
+        Traceback (most recent call last):
+        ...
+        tfcompress.export.precision.PrecisionError: precision: no op with weights has an output or weight tensor named 'no/such/tensor'...
     """
     _check_precision_values(precision)
     ops = weight_ops(model)
@@ -199,8 +226,13 @@ def ops_by_keras_layer(keras_model, model: TFLiteModel, precision: Mapping[str, 
             hold as it is (a BatchNormalization folded into it).
 
     Example:
-        >>> ops_by_keras_layer(keras_model, load_tflite("float.tflite"), {"fc1": "int4"})   # doctest: +SKIP
-        {3: 'int4'}
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> keras_model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+        ...                                 keras.layers.Flatten(), keras.layers.Dense(2, name="fc1")])
+        >>> _ = to_tflite(keras_model, "float.tflite", quantization=None)
+        >>> ops_by_keras_layer(keras_model, load_tflite("float.tflite"), {"fc1": "int4", "conv": "int8"})
+        {2: 'int4', 0: 'int8'}
     """
     from tfcompress.core import iter_layers
 
@@ -369,9 +401,14 @@ def quantize_tflite(
         ConversionError: the quantizer failed.
 
     Example:
-        >>> report = quantize_tflite("float.tflite", "int16x8.tflite", x_calib, "int16x8")  # doctest: +SKIP
-        >>> report.inputs[0].dtype                                                         # doctest: +SKIP
-        'int16'
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> _ = to_tflite(model, "float.tflite", quantization=None)
+        >>> x_calib = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+        >>> report = quantize_tflite("float.tflite", "int16x8.tflite", x_calib, "int16x8")
+        >>> report.inputs[0].dtype, report.ops
+        ('int16', {'FULLY_CONNECTED': 1})
     """
     from tfcompress.export.convert import check_io_dtype, export_report
 
