@@ -119,6 +119,17 @@ def activation_point(wrapper, model) -> tuple[Any, bool]:
     that alone consume the previous one's output and are BatchNormalization (masked or not) or
     activations. If the chain ends before an activation (e.g. at a residual Add), the last
     layer reached, with ``False``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+        >>> layer, after_nonlinearity = activation_point(pruning_wrappers(pruned)[0], pruned)
+        >>> layer.name == pruning_wrappers(pruned)[0].name, after_nonlinearity       # Dense(activation="relu")
+        (True, True)
     """
     from tfcompress.layers.prune_low_magnitude import MaskedBatchNormalization
 
@@ -205,7 +216,21 @@ def _positions(a: np.ndarray) -> np.ndarray:
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class MeanActivation(_ActivationCriterion):
-    """Mean output of each channel (Molchanov et al. 2016, sec. 2.2)."""
+    """Mean output of each channel (Molchanov et al. 2016, sec. 2.2).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> criterion = MeanActivation(data=(x, y), num_batches=1, batch_size=64)
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", criterion=criterion, verbose=0)
+        >>> pruned.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> _ = update_masks(pruned, step=0)
+        >>> [int(w.channel_mask_numpy().sum()) for w in pruning_wrappers(pruned)]   # 2 of the hidden 4 kept
+        [2]
+    """
 
     def per_sample(self, activation, gradient):
         return _positions(activation).mean(axis=1)
@@ -215,7 +240,21 @@ class MeanActivation(_ActivationCriterion):
 class APoZ(_ActivationCriterion):
     """1 - Average Percentage of Zeros of each channel's output after its ReLU (Hu et al. 2016,
     eq. 1). A layer with neither a fused activation nor an activation layer after it (through
-    BatchNormalization) is an error: its output has no zeros to count."""
+    BatchNormalization) is an error: its output has no zeros to count.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> criterion = APoZ(data=(x, y), num_batches=1, batch_size=64)
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", criterion=criterion, verbose=0)
+        >>> pruned.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> _ = update_masks(pruned, step=0)
+        >>> int(pruning_wrappers(pruned)[0].channel_mask_numpy().sum())
+        2
+    """
 
     needs_nonlinearity = True
 
@@ -225,7 +264,21 @@ class APoZ(_ActivationCriterion):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class Taylor(_ActivationCriterion):
-    """S_avg(z_k) = 1/B sum_b 1/N_b sum_i |dL/dz_ik * z_ik| (lecture; Molchanov et al. 2016)."""
+    """S_avg(z_k) = 1/B sum_b 1/N_b sum_i |dL/dz_ik * z_ik| (lecture; Molchanov et al. 2016).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> criterion = Taylor(data=(x, y), num_batches=1, batch_size=64)
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", criterion=criterion, verbose=0)
+        >>> pruned.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> _ = update_masks(pruned, step=0)
+        >>> int(pruning_wrappers(pruned)[0].channel_mask_numpy().sum())
+        2
+    """
 
     uses_gradient = True
 
@@ -237,7 +290,21 @@ class Taylor(_ActivationCriterion):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class FLOPsTaylor(Taylor):
-    """S_FLOPs(z_k) = S_avg(z_k) - lambda * S_l^flops (lecture; Molchanov et al. 2016, sec. 2.3)."""
+    """S_FLOPs(z_k) = S_avg(z_k) - lambda * S_l^flops (lecture; Molchanov et al. 2016, sec. 2.3).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> criterion = FLOPsTaylor(data=(x, y), flops_weight=1e-3, num_batches=1, batch_size=64)
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", criterion=criterion, verbose=0)
+        >>> pruned.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> _ = update_masks(pruned, step=0)
+        >>> criterion.get_config()["flops_weight"]
+        0.001
+    """
 
     def __init__(self, data=None, flops_weight: float = 1e-3, **kwargs):
         super().__init__(data, **kwargs)
@@ -302,7 +369,20 @@ class _GradientCriterion(_DataCriterion):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class OBD(_GradientCriterion):
-    """1/2 * E[g^2] * w^2: OBD's saliency (LeCun et al. 1990, eq. 7) with an empirical-Fisher diagonal."""
+    """1/2 * E[g^2] * w^2: OBD's saliency (LeCun et al. 1990, eq. 7) with an empirical-Fisher diagonal.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), criterion=OBD(data=(x, y), num_batches=1, batch_size=64), verbose=0)
+        >>> pruned.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> _ = update_masks(pruned, step=0)
+        >>> round(mask_sparsity(pruning_wrappers(pruned)), 3)
+        0.5
+    """
 
     def batch_statistic(self, model, wrappers, effective, xb, yb):
         tape, loss = self.gradients(model, wrappers, effective, xb, yb)
@@ -312,7 +392,20 @@ class OBD(_GradientCriterion):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class SNIP(_GradientCriterion):
-    """|dL/dw * w|: connection sensitivity (Lee et al., ICLR 2019, eq. 6)."""
+    """|dL/dw * w|: connection sensitivity (Lee et al., ICLR 2019, eq. 6).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.75, 0), criterion=SNIP(data=(x, y), num_batches=1, batch_size=64), verbose=0)
+        >>> pruned.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> _ = update_masks(pruned, step=0)
+        >>> round(mask_sparsity(pruning_wrappers(pruned)), 3)
+        0.75
+    """
 
     def batch_statistic(self, model, wrappers, effective, xb, yb):
         tape, loss = self.gradients(model, wrappers, effective, xb, yb)
@@ -322,7 +415,20 @@ class SNIP(_GradientCriterion):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class GraSP(_GradientCriterion):
-    """-S with S = -w * (H g) (Wang et al., ICLR 2020, eq. 8): the largest S are removed first."""
+    """-S with S = -w * (H g) (Wang et al., ICLR 2020, eq. 8): the largest S are removed first.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), criterion=GraSP(data=(x, y), num_batches=1, batch_size=64), verbose=0)
+        >>> pruned.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> _ = update_masks(pruned, step=0)
+        >>> round(mask_sparsity(pruning_wrappers(pruned)), 3)
+        0.5
+    """
 
     def batch_statistic(self, model, wrappers, effective, xb, yb):
         import tensorflow as tf
@@ -351,6 +457,17 @@ def prune_at_initialization(model, data, sparsity: float, method: str = "snip", 
 
     Returns a `tfcompress.prune` model whose masks are set and fixed (the schedule has no
     further update); train it as usual (with or without `UpdatePruning`).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers, update_masks
+        >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int32")
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4, activation="relu")(inputs)))
+        >>> model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> pruned = prune_at_initialization(model, (x, y), sparsity=0.8, method="snip")
+        >>> round(mask_sparsity(pruning_wrappers(pruned)), 2)        # global scope over both layers
+        0.8
     """
     from tfcompress.pruning.magnitude import prune, update_masks
     from tfcompress.pruning.schedules import ConstantSparsity

@@ -65,6 +65,16 @@ class ChannelGroup:
         pruned: how many of them are masked now.
         prunable: False when the group is tied to a model input / output, an opaque layer or a
             layer that is not channel-pruned (then nothing in it is pruned).
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.pruning import ConstantSparsity, prune, update_masks
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4, name="fc2")(keras.layers.Dense(8, "relu", name="fc1")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+        >>> _ = update_masks(pruned, step=0)
+        >>> [(g.layers, g.channels, g.pruned, g.prunable) for g in channel_groups(pruned)]
+        [(('fc1',), 8, 4, True)]
     """
 
     layers: tuple[str, ...]
@@ -74,7 +84,18 @@ class ChannelGroup:
 
 
 def channel_flow(model) -> ChannelFlow:
-    """The channel groups of ``model`` (they depend on its structure, not on its masks)."""
+    """The channel groups of ``model`` (they depend on its structure, not on its masks).
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.pruning import ConstantSparsity, prune, update_masks
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4, name="fc2")(keras.layers.Dense(8, "relu", name="fc1")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+        >>> flow = channel_flow(pruned)
+        >>> type(flow).__name__
+        'ChannelFlow'
+    """
     return ChannelFlow(trace(model, where="channel pruning"), constants=False, strict=False).run()
 
 
@@ -117,6 +138,17 @@ def group_channel_masks(model, wrappers, sparsity: float, *, scope: str = "layer
 
     Returns:
         ``{wrapper name: channel mask}`` for every wrapper in ``wrappers``.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.pruning import ConstantSparsity, prune, update_masks
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4, name="fc2")(keras.layers.Dense(8, "relu", name="fc1")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+        >>> from tfcompress.pruning import pruning_wrappers
+        >>> masks = group_channel_masks(pruned, pruning_wrappers(pruned), 0.75)
+        >>> {name: mask.tolist().count(1.0) for name, mask in masks.items()}       # 2 of 8 channels kept
+        {'prune_low_magnitude_fc1': 2}
     """
     if not wrappers:
         return {}
@@ -191,7 +223,19 @@ def group_channel_masks(model, wrappers, sparsity: float, *, scope: str = "layer
 
 def channel_groups(model) -> list[ChannelGroup]:
     """The dependency groups of a channel-pruned model and what is pruned in each: the channels
-    ``shrink`` will remove (``ChannelGroup.pruned`` counts channel groups masked in every member)."""
+    ``shrink`` will remove (``ChannelGroup.pruned`` counts channel groups masked in every member).
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.pruning import ConstantSparsity, prune, update_masks
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4, name="fc2")(keras.layers.Dense(8, "relu", name="fc1")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+        >>> _ = update_masks(pruned, step=0)
+        >>> group = channel_groups(pruned)[0]
+        >>> group.layers, f"{group.pruned} of {group.channels} pruned"
+        (('fc1',), '4 of 8 pruned')
+    """
     wrappers = [w for w in iter_layers(model) if isinstance(w, PruneLowMagnitude) and w.kind == "channel"]
     if not wrappers:
         return []
@@ -210,7 +254,18 @@ def channel_groups(model) -> list[ChannelGroup]:
 def removable_channels(model) -> dict[str, int]:
     """Per channel-pruned layer (its own name): how many of its output channels ``shrink`` will
     remove, i.e. those whose whole channel group is masked in every member and is not tied to a
-    model input / output, an opaque layer or an unpruned layer."""
+    model input / output, an opaque layer or an unpruned layer.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.pruning import ConstantSparsity, prune, update_masks
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4, name="fc2")(keras.layers.Dense(8, "relu", name="fc1")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+        >>> _ = update_masks(pruned, step=0)
+        >>> removable_channels(pruned)
+        {'fc1': 4}
+    """
     wrappers = [w for w in iter_layers(model) if isinstance(w, PruneLowMagnitude) and w.kind == "channel"]
     if not wrappers:
         return {}
@@ -225,7 +280,18 @@ def removable_channels(model) -> dict[str, int]:
 
 def follower_masks(model, flow: ChannelFlow | None = None) -> dict[str, np.ndarray]:
     """``{MaskedBatchNormalization name: channel mask}``: 0 where the BatchNormalization's input
-    channel belongs to a channel group masked in every member (pruned), 1 elsewhere."""
+    channel belongs to a channel group masked in every member (pruned), 1 elsewhere.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.pruning import ConstantSparsity, prune, update_masks
+        >>> inputs = keras.Input((8,))
+        >>> hidden = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(4, name="fc1")(inputs))
+        >>> pruned = prune(keras.Model(inputs, keras.layers.Dense(2)(hidden)), ConstantSparsity(0.5, 0), "channel", verbose=0)
+        >>> _ = update_masks(pruned, step=0)
+        >>> {name: int(mask.sum()) for name, mask in follower_masks(pruned).items()}     # the BN follows fc1
+        {'masked_bn': 2}
+    """
     followers = [layer for layer in iter_layers(model) if isinstance(layer, MaskedBatchNormalization)]
     wrappers = [w for w in iter_layers(model) if isinstance(w, PruneLowMagnitude) and w.kind == "channel"]
     if not followers or not wrappers:

@@ -99,6 +99,11 @@ def n_m_mask(kernel_scores: np.ndarray, n: int, m: int, input_axis: int) -> np.n
     """Keep the N largest of every M consecutive entries along ``input_axis``.
 
     A last group shorter than M keeps min(N, its length) entries.
+
+    Example:
+        >>> scores = np.array([[4.0, 1.0, 3.0, 2.0], [0.5, 0.1, 0.2, 0.9]]).T    # (in=4, out=2) kernel scores
+        >>> n_m_mask(scores, 2, 4, input_axis=0).T.tolist()                    # 2 largest of every 4 inputs
+        [[1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0]]
     """
     moved = np.moveaxis(kernel_scores, input_axis, -1)
     length = moved.shape[-1]
@@ -123,11 +128,30 @@ def n_m_mask(kernel_scores: np.ndarray, n: int, m: int, input_axis: int) -> np.n
 
 
 def pruning_wrappers(model) -> list[PruneLowMagnitude]:
-    """Every `PruneLowMagnitude` in the model, nested models included, in layer order."""
+    """Every `PruneLowMagnitude` in the model, nested models included, in layer order.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc1"), keras.layers.Dense(2, name="fc2")])
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), layers={"fc1": {}}, verbose=0)
+        >>> [w.name for w in pruning_wrappers(pruned)]
+        ['prune_low_magnitude_fc1']
+    """
     return [layer for layer in iter_layers(model) if isinstance(layer, PruneLowMagnitude)]
 
 
 def masked_batch_norms(model) -> list[MaskedBatchNormalization]:
+    """Every `MaskedBatchNormalization` in the model (nested models included), in layer order.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> x = keras.Input((8,))
+        >>> model = keras.Model(x, keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(4)(x)))
+        >>> [type(layer).__name__ for layer in masked_batch_norms(prune(model, ConstantSparsity(0.5, 0), "channel", verbose=0))]
+        ['MaskedBatchNormalization']
+    """
     return [layer for layer in iter_layers(model) if isinstance(layer, MaskedBatchNormalization)]
 
 
@@ -382,6 +406,16 @@ def strip(model) -> keras.Model:
     """A plain Keras model: wrappers removed, masks multiplied into the weights (tfmot's strip_pruning).
 
     The result holds only Keras layers, loads without tfcompress, and computes the same outputs.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc1"), keras.layers.Dense(2, name="fc2")])
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), verbose=0)
+        >>> _ = update_masks(pruned, step=0)
+        >>> plain = strip(pruned)
+        >>> [type(layer).__name__ for layer in plain.layers], float(np.mean(plain.get_layer("fc1").kernel.numpy() == 0))
+        (['Dense', 'Dense'], 0.5)
     """
     if not isinstance(model, keras.Model):
         raise TfcompressError(f"expected a Keras model, got {type(model).__name__}", "strip")
@@ -478,6 +512,18 @@ def update_masks(model, step: int, force_sparsity: float | None = None, *, neste
     not decrease (N:M masks are recomputed as usual). ``channel_multiple``: channel pruning keeps
     a multiple of this many channels in every dependency group (rounded up; SIMD kernels pad
     channel counts to their tile, e.g. XNNPACK's 8 or 16).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc1"), keras.layers.Dense(2, name="fc2")])
+        >>> pruned = prune(model, ConstantSparsity(0.5, begin_step=0, frequency=10), verbose=0)
+        >>> update_masks(pruned, step=0)
+        {'prune_low_magnitude_fc1': 0.5, 'prune_low_magnitude_fc2': 0.5}
+        >>> update_masks(pruned, step=5)                             # not a multiple of the frequency
+        {}
+        >>> update_masks(pruned, step=5, force_sparsity=0.75)["prune_low_magnitude_fc1"]
+        0.75
     """
     wrappers = pruning_wrappers(model)
     updated: dict[str, float] = {}
@@ -566,7 +612,19 @@ def _sync_followers(followers, masks: dict) -> None:
 
 
 def mask_sparsity(wrappers) -> float:
-    """Fraction of zero mask entries over all the given pruning wrappers."""
+    """Fraction of zero mask entries over all the given pruning wrappers.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.pruning import ConstantSparsity
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc1"), keras.layers.Dense(2, name="fc2")])
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), verbose=0)
+        >>> mask_sparsity(pruning_wrappers(pruned))
+        0.0
+        >>> _ = update_masks(pruned, step=0)
+        >>> mask_sparsity(pruning_wrappers(pruned))                 # 16 of 32 and 4 of 8 entries masked
+        0.5
+    """
     masks = [keras.ops.convert_to_numpy(w.mask) for w in wrappers]
     total = sum(m.size for m in masks)
     return sum(int(m.size - np.count_nonzero(m)) for m in masks) / max(total, 1)

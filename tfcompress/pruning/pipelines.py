@@ -66,6 +66,13 @@ class IterativePruningResult(NamedTuple):
     ``history`` has one dict per round: ``round``, ``target`` (s_k), ``sparsity`` (fraction of
     zero mask entries over all pruned layers after the round), ``layers`` (per pruned layer) and
     ``train`` (what ``train_fn`` returned, e.g. a Keras ``History``).
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> result = iterative_prune(model, [0.5], lambda m, r: None)
+        >>> pruned, history = result                        # a NamedTuple
+        >>> result.model is pruned, history[0]["target"]
+        (True, 0.5)
     """
 
     model: keras.Model
@@ -138,6 +145,17 @@ def iterative_prune(model: keras.Model, sparsities: Sequence[float], train_fn: C
     Returns:
         ``(pruned, history)``: the wrapped model after the last round (``tfcompress.strip`` it
         for deployment) and one dict per round.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> y = x @ np.ones((8, 4), "float32")
+        >>> def train(m, round_index):                    # a few steps per round
+        ...     m.compile("adam", "mse")
+        ...     return m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> pruned, history = iterative_prune(model, [0.5, 0.75], train, rewind="learning_rate")
+        >>> [(round(h["target"], 2), round(h["sparsity"], 2)) for h in history]
+        [(0.5, 0.5), (0.75, 0.75)]
     """
     targets = _check_sparsities(sparsities)
     if parse_granularity(granularity)[0] == "n:m":

@@ -52,6 +52,19 @@ class ShrinkReport:
     ``channels`` maps every producing layer (Conv / Dense / SeparableConv) to its output
     channels ``(before, after)``, in graph order; ``notes`` say what was folded, and which
     dead channels were kept and why. ``str(report)`` is a printable summary.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.pruning import ConstantSparsity, prune, update_masks
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4, name="fc2")(keras.layers.Dense(8, "relu", name="fc1")(inputs)))
+        >>> pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", verbose=0)
+        >>> _ = update_masks(pruned, step=0)
+        >>> small, report = shrink(pruned, return_report=True)
+        >>> report.channels, report.params_before, report.params_after
+        ({'fc1': (8, 4), 'fc2': (4, 4)}, 108, 56)
+        >>> report.structure()
+        '8-4 -> 4-4'
     """
 
     params_before: int

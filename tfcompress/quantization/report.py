@@ -38,7 +38,16 @@ from tfcompress.report import SKIPPED, CompressionReport
 
 
 def quantization_report(source: keras.Model, qat: keras.Model, skip: set[str]) -> CompressionReport:
-    """What ``quantize`` did to each layer of ``source`` to make ``qat`` (module docstring)."""
+    """What ``quantize`` did to each layer of ``source`` to make ``qat`` (module docstring).
+
+    Example:
+        >>> from tfcompress.quantization import quantize
+        >>> x = keras.Input((8,))
+        >>> model = keras.Model(x, keras.layers.Dense(4, name="fc")(keras.layers.Dense(8, "relu", name="hidden")(x)))
+        >>> report = quantization_report(model, quantize(model, verbose=0), skip=set())
+        >>> [(row.layer, row.action) for row in report.rows]
+        [('hidden', 'quantized'), ('fc', 'quantized')]
+    """
     report = CompressionReport("quantize")
     built = {layer.name: layer for layer in iter_layers(qat, models=False)}
     kernels = {layer.layer.name: layer for layer in built.values() if isinstance(layer, QuantizedLayer)}
