@@ -158,6 +158,14 @@ class HashedDense(_HashedMixin, keras.layers.Dense):
         seed: the hash seed (32 bits); layers with different seeds share differently.
         **kwargs: everything ``keras.layers.Dense`` takes (activation, use_bias, initializers,
             regularizers, constraints); the kernel ones apply to the real parameters.
+
+    Example:
+        >>> layer = HashedDense(4, compression=0.25)
+        >>> model = keras.Sequential([keras.Input((8,)), layer])
+        >>> layer.virtual_shape, [tuple(w.shape) for w in layer.trainable_weights]    # 32 virtual weights, 8 real
+        ((8, 4), [(8,), (4,)])
+        >>> hashed_report(model).real_params, hashed_report(model).virtual_params
+        (12, 36)
     """
 
     def __init__(self, units, compression: float = 1 / 8, seed: int = 0, **kwargs):
@@ -187,6 +195,15 @@ class HashedConv2D(_HashedMixin, keras.layers.Conv2D):
         compression: fraction of real parameters, in (0, 1].
         seed: the hash seed (32 bits).
         **kwargs: everything ``keras.layers.Conv2D`` takes.
+
+    Example:
+        >>> layer = HashedConv2D(4, 3, compression=0.125, seed=1)
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), layer])
+        >>> model(np.ones((1, 8, 8, 1), "float32")).shape, layer.virtual_shape
+        (TensorShape([1, 6, 6, 4]), (3, 3, 1, 4))
+        >>> kernel = keras.ops.convert_to_numpy(layer.virtual_kernel())     # +-w[h(i)]: a sign hash too
+        >>> int(np.unique(np.abs(kernel)).size) <= 5                          # ceil(36 / 8) real values
+        True
     """
 
     def __init__(self, filters, kernel_size, compression: float = 1 / 8, seed: int = 0,
