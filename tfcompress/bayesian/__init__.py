@@ -14,6 +14,7 @@ from tfcompress.bayesian.conversion import METHODS, convert, strip, structure
 from tfcompress.bayesian.importance import (
     cost_scales,
     mask_to,
+    mask_to_budget,
     prune_to,
     scored_layers,
     validate_keep,
@@ -24,6 +25,7 @@ __all__ = [
     "convert",
     "cost_scales",
     "mask_to",
+    "mask_to_budget",
     "prune_to",
     "scored_layers",
     "strip",

@@ -1,6 +1,7 @@
 """Cutting a trained Bayesian model by posterior importance: to a chosen sub-architecture
-(``prune_to``; ``mask_to`` step by step, as `tfcompress.callbacks.PosteriorPruning` does) and
-KL weights priced by what each layer's channels cost (``cost_scales``).
+(``prune_to``; ``mask_to`` step by step, as `tfcompress.callbacks.PosteriorPruning` does), to a
+`tfcompress.Budget` (``mask_to_budget``: posterior importance per unit cost) and KL weights
+priced by what each layer's channels cost (``cost_scales``).
 """
 
 from __future__ import annotations
@@ -153,3 +154,111 @@ def cost_scales(model, *, macs_weight: float = 1.0, params_weight: float = 1.0) 
     mean = float(np.mean(list(costs.values()))) if costs else 0.0
     return {layer.name: (costs[layer.name] / mean if layer.name in costs and mean > 0 else 1.0)
             for layer in layers}
+
+
+def mask_to_budget(model, budget, *, progress: float = 1.0, min_keep_fraction: float = 0.0) -> dict[str, int]:
+    """Mask the channels of a Bayesian model of lowest posterior importance per unit cost until,
+    stripped and shrunk, it meets ``budget`` (its ``params``, ``weight_bytes``, ``macs``).
+
+    The greedy of `tfcompress.pruning.budget` (MorphNet's resource-weighted view, Gordon et al.
+    2018, Sec. 3.2, as a knapsack greedy; exact costs of the model ``strip`` + ``shrink`` make),
+    with each channel's importance its ``channel_importance()`` (Dirichlet: posterior mean;
+    VCP: |mu|; SBP: SNR; BC: -log alpha; sparse VD: surviving weights) over that layer's mean
+    over its live channels, so the layers' scales compare. Masked channels stay masked; a layer
+    keeps at least ``max(1, ceil(min_keep_fraction * n))`` channels. With ``progress`` < 1 the
+    target is that far from the model's dense cost (all channels kept) to ``budget``
+    (``Budget.scaled``), what `tfcompress.callbacks.PosteriorPruning` ramps.
+
+    Args:
+        model: a model from ``convert`` (any method but ``slimming``).
+        budget: a `tfcompress.Budget`.
+        progress: the fraction of the way from the dense cost to the budget.
+        min_keep_fraction: the least fraction of its channels a layer keeps.
+
+    Returns:
+        ``{bayesian layer name: channels masked by this call}``.
+
+    Example:
+        >>> import keras, tfcompress
+        >>> x = keras.Input((16,))
+        >>> h = keras.layers.Dense(32, activation="relu", name="fc1")(x)
+        >>> dense = keras.Model(x, keras.layers.Dense(4, name="out")(h))
+        >>> model = tfcompress.bayesian.convert(dense, "sbp", dataset_size=100, verbose=0)
+        >>> tfcompress.bayesian.mask_to_budget(model, tfcompress.Budget(macs=320))   # 16 * 16 + 16 * 4
+        {'fc1_sbp': 16}
+        >>> tfcompress.model_cost(tfcompress.bayesian.strip(model), shrink=True).macs
+        320
+    """
+    import math
+
+    from tfcompress.budget import Budget
+    from tfcompress.pruning.budget import AIMED, ChannelCostModel, greedy_keep
+    from tfcompress.pruning.groups import channel_flow
+
+    if not isinstance(budget, Budget):
+        raise TfcompressError(f"budget must be a tfcompress.Budget, got {type(budget).__name__}", "mask_to_budget",
+                              "pass e.g. tfcompress.Budget(macs=100_000)")
+    layers = [layer for layer in iter_layers(model) if isinstance(layer, _BAYESIAN)]
+    if not layers:
+        raise TfcompressError("the model has no Bayesian layer", "mask_to_budget",
+                              "convert it first: tfcompress.bayesian.convert(model, method, dataset_size=N) "
+                              "(any method but slimming)")
+    plain = strip(model)
+    names = {layer.name for layer in iter_layers(plain)}
+    flow = channel_flow(plain)
+    costs = ChannelCostModel(plain, budget.precision, flow)
+    r = costs.roots.size
+    roots_of: dict[str, np.ndarray] = {}
+    covered: set[str] = set()  # the producers whose channels a Bayesian layer scores
+    for layer in layers:
+        target = layer.name if layer.name in names else getattr(input_layer(layer), "name", None)
+        bases = flow.members.get(target, flow.creator.get(target)) if target in names else None
+        if bases is None or len(bases) != int(layer.mask.shape[0]):
+            raise TfcompressError(f"cannot find the channels {layer.name} scores in the stripped model",
+                                  layer.name, "use mask_to / prune_to with channel counts instead")
+        covered.update(flow.base_index[int(b)][0] for b in bases)
+        roots_of[layer.name] = np.array([costs.index[flow.root(int(b))] for b in bases], np.int64)
+    required = {costs.index[flow.root(b)] for b in flow.required}
+    creators: dict[int, set] = {}
+    for base, (name, _) in enumerate(flow.base_index):
+        creators.setdefault(costs.index[flow.root(base)], set()).add(name)
+    scored: dict[int, list] = {}  # root index -> [(layer, channel)]
+    for layer in layers:
+        for channel, i in enumerate(roots_of[layer.name].tolist()):
+            scored.setdefault(i, []).append((layer, channel))
+    alive = {layer.name: np.asarray(layer.keep_mask(), bool) for layer in layers}
+    importance = {layer.name: np.asarray(layer.channel_importance(), np.float64) for layer in layers}
+    scale = {}
+    for name, values in importance.items():
+        live = np.abs(values[alive[name]])
+        scale[name] = float(live.mean()) if live.size and live.mean() > 0 else 1.0
+    prunable = np.zeros(r, bool)
+    value = np.zeros(r)
+    group_of = np.full(r, -1)
+    kept = np.ones(r, bool)
+    keys: dict[tuple, int] = {}
+    for i, refs in scored.items():
+        # a channel group goes only when every channel tied into it is scored (shrink removes it)
+        if i in required or not creators.get(i, set()) <= covered:
+            continue
+        prunable[i] = True
+        value[i] = float(np.mean([importance[layer.name][c] / scale[layer.name] for layer, c in refs]))
+        kept[i] = all(alive[layer.name][c] for layer, c in refs)
+        group_of[i] = keys.setdefault(tuple(sorted({layer.name for layer, _ in refs})), len(keys))
+    sizes = np.bincount(group_of[prunable], minlength=len(keys))
+    floors = np.array([min(n, max(1, math.ceil(min_keep_fraction * n))) for n in sizes], np.int64)
+    dense = np.ones(r, bool)
+    start = {q: costs.total(q, dense) for q in AIMED}
+    target = budget.scaled(progress, start)
+    limits = {q: float(v) for q, v in target.limits.items() if q in AIMED}
+    if not limits:
+        raise TfcompressError(f"{budget} limits nothing channel pruning can aim at", "mask_to_budget",
+                              "give the budget params, weight_bytes or macs")
+    chosen = greedy_keep(costs, limits, prunable, value, group_of, floors, kept)
+    masked: dict[str, int] = {}
+    for layer in layers:
+        before = np.asarray(layer.mask.numpy()) > 0
+        keep = chosen[roots_of[layer.name]] | ~prunable[roots_of[layer.name]]
+        layer.mask.assign((before & keep).astype(np.float32))
+        masked[layer.name] = int(before.sum() - (before & keep).sum())
+    return masked

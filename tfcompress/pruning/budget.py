@@ -75,7 +75,7 @@ class BudgetSchedule(PruningSchedule):
 
     Zhu and Gupta's gradual schedule (2017, "To prune, or not to prune", eq. 1) on the cost
     instead of the sparsity: at step ``t`` (``begin_step <= t``, on a ``frequency`` boundary, up
-    to ``end_step`` inclusive) the masks are chosen for the budget ``p_t`` of the way from the
+    and at ``end_step``) the masks are chosen for the budget ``p_t`` of the way from the
     dense cost ``start`` to ``budget``, ``p_t = 1 - (1 - (t - begin_step) / (end_step -
     begin_step)) ** power`` (1 from ``end_step`` on). ``begin_step = end_step`` (the default,
     0) is one shot: ``prune`` applies it before it returns.
@@ -114,6 +114,11 @@ class BudgetSchedule(PruningSchedule):
             raise TfcompressError(f"power must be > 0, got {power}", "BudgetSchedule", "pass e.g. power=3")
         self.start = None if start is None else {str(k): float(v) for k, v in start.items()}
         self._validate_steps("BudgetSchedule", end_required=True)
+
+    def should_prune(self, step: int) -> bool:
+        """On the frequency boundaries from ``begin_step``, and at ``end_step`` itself (so the
+        budget is reached whatever the frequency)."""
+        return super().should_prune(step) or int(step) == self.end_step
 
     def sparsity(self, step: int) -> float:
         """The progress ``p_t`` in [0, 1] (what the other schedules' sparsity is to them)."""
@@ -291,6 +296,73 @@ def _importance(wrappers, members, blocked, scores_of) -> dict[int, float]:
             for root, refs in members.items() if root not in blocked}
 
 
+def greedy_keep(costs: ChannelCostModel, limits: dict[str, float], prunable: np.ndarray, value: np.ndarray,
+                group_of: np.ndarray, floors: np.ndarray, kept: np.ndarray | None = None) -> np.ndarray:
+    """The roots to keep: lowest ``value`` per unit cost removed until ``limits`` are met, then
+    the most valuable per cost given back while they stay met (the module docstring).
+
+    ``prunable``, ``value`` (importance), ``group_of`` (dependency group index, -1 outside) are
+    per root of ``costs``; ``floors`` per dependency group; ``kept``: the roots kept now (all by
+    default; a root not kept stays removed). Raises `TfcompressError` when the floors make the
+    limits unreachable.
+    """
+    r = costs.roots.size
+    kept = np.ones(r, bool) if kept is None else kept.copy()
+    returnable = prunable & kept  # what is removed now stays removed
+
+    def excess() -> dict[str, float]:
+        return {q: costs.total(q, kept) - limit for q, limit in limits.items() if costs.total(q, kept) > limit}
+
+    over = excess()
+    for _ in range(10_000):
+        if not over:
+            break
+        price = np.zeros(r)
+        for q, gap in over.items():
+            price += costs.savings(q, kept) / gap
+        left = np.bincount(group_of[prunable & kept], minlength=len(floors))
+        candidates = np.flatnonzero(prunable & kept & (price > 0))
+        candidates = candidates[left[group_of[candidates]] > floors[group_of[candidates]]]
+        if not candidates.size:
+            names = ", ".join(f"{q} {costs.total(q, kept):,.0f} > {limits[q]:,.0f}" for q in over)
+            raise TfcompressError(
+                f"the budget cannot be met: with every prunable channel group at its floor, {names}",
+                "prune(budget=...)",
+                "raise the budget, lower min_keep_fraction, or prune more layers (the channels of layers "
+                "that are not pruned, of model outputs and of opaque layers stay)")
+        order = candidates[np.argsort(value[candidates] / price[candidates], kind="stable")]
+        removed_share = 0.0
+        for i in order:
+            g = group_of[i]
+            if left[g] <= floors[g]:
+                continue
+            kept[i] = False
+            left[g] -= 1
+            removed_share += price[i]
+            if removed_share >= 0.25 * len(over):
+                break
+        over = excess()
+    # give back what fits, most valuable per cost first
+    for _ in range(3):
+        slack = {q: limit - costs.total(q, kept) for q, limit in limits.items()}
+        add = np.zeros(r)
+        for q in limits:
+            add = np.maximum(add, costs.additions(q, kept) / max(slack[q], 1e-9))
+        back = np.flatnonzero(returnable & ~kept & (add <= 1.0))
+        if not back.size:
+            break
+        changed = False
+        for i in back[np.argsort(-value[back] / np.maximum(add[back], 1e-12), kind="stable")]:
+            kept[i] = True
+            if any(costs.total(q, kept) > limit for q, limit in limits.items()):
+                kept[i] = False
+            else:
+                changed = True
+        if not changed:
+            break
+    return kept
+
+
 def budget_channel_masks(model, wrappers, budget: Budget, *, min_keep_fraction: float = 0.0, flow=None,
                          scores_of=None, return_info: bool = False):
     """Channel masks of ``wrappers`` that make ``model`` meet ``budget`` once shrunk.
@@ -348,58 +420,7 @@ def budget_channel_masks(model, wrappers, budget: Budget, *, min_keep_fraction: 
         group_of[i] = dependency.setdefault(key, len(dependency))
     sizes = np.bincount(group_of[prunable], minlength=len(dependency))
     floors = np.array([min(n, max(1, math.ceil(min_keep_fraction * n))) for n in sizes], np.int64)
-    kept = np.ones(r, bool)
-
-    def excess() -> dict[str, float]:
-        return {q: costs.total(q, kept) - limit for q, limit in limits.items() if costs.total(q, kept) > limit}
-
-    over = excess()
-    for _ in range(10_000):
-        if not over:
-            break
-        price = np.zeros(r)
-        for q, gap in over.items():
-            price += costs.savings(q, kept) / gap
-        left = np.bincount(group_of[prunable & kept], minlength=len(dependency))
-        candidates = np.flatnonzero(prunable & kept & (price > 0))
-        candidates = candidates[left[group_of[candidates]] > floors[group_of[candidates]]]
-        if not candidates.size:
-            names = ", ".join(f"{q} {costs.total(q, kept):,.0f} > {limits[q]:,.0f}" for q in over)
-            raise TfcompressError(
-                f"the budget cannot be met: with every prunable channel group at its floor, {names}",
-                "prune(budget=...)",
-                "raise the budget, lower min_keep_fraction, or prune more layers (the channels of layers "
-                "that are not pruned, of model outputs and of opaque layers stay)")
-        order = candidates[np.argsort(value[candidates] / price[candidates], kind="stable")]
-        removed_share = 0.0
-        for i in order:
-            g = group_of[i]
-            if left[g] <= floors[g]:
-                continue
-            kept[i] = False
-            left[g] -= 1
-            removed_share += price[i]
-            if removed_share >= 0.25 * len(over):
-                break
-        over = excess()
-    # give back what fits, most valuable per cost first
-    for _ in range(3):
-        slack = {q: limit - costs.total(q, kept) for q, limit in limits.items()}
-        add = np.zeros(r)
-        for q in limits:
-            add = np.maximum(add, costs.additions(q, kept) / max(slack[q], 1e-9))
-        back = np.flatnonzero(prunable & ~kept & (add <= 1.0))
-        if not back.size:
-            break
-        changed = False
-        for i in back[np.argsort(-value[back] / np.maximum(add[back], 1e-12), kind="stable")]:
-            kept[i] = True
-            if any(costs.total(q, kept) > limit for q, limit in limits.items()):
-                kept[i] = False
-            else:
-                changed = True
-        if not changed:
-            break
+    kept = greedy_keep(costs, limits, prunable, value, group_of, floors)
     masks = {}
     for w in wrappers:
         roots = flow.group_of(w.layer.name)
