@@ -244,6 +244,14 @@ def structure(model, *, slimming_threshold: float | None = None) -> dict[str, di
 
     For a ``slimming`` model (plain BatchNormalization with a NetworkSlimming penalty), pass
     ``slimming_threshold``: channels with |gamma| at or below it are dropped.
+
+    Example:
+        >>> import keras, tfcompress
+        >>> x = keras.Input((8,))
+        >>> dense = keras.Model(x, keras.layers.Dense(4, name="out")(keras.layers.Dense(16, "relu", name="fc1")(x)))
+        >>> model = tfcompress.bayesian.convert(dense, "sbp", dataset_size=100, verbose=0)
+        >>> structure(model)["fc1_sbp"]["kept"], structure(model)["fc1_sbp"]["total"]
+        (16, 16)
     """
     out: dict[str, dict[str, Any]] = {}
     # recursive, as prune_to: a Bayesian model inside another (a Distiller's student) is found too
@@ -274,6 +282,19 @@ def strip(model, *, slimming_threshold: float | None = None) -> keras.Model:
     A Dirichlet model's weights were frozen for step 2 of the paper's algorithm (only the
     switches train); its stripped model is trainable again, ready for step 3 (fine-tuning the
     pruned network).
+
+    Example:
+        >>> import keras, tfcompress
+        >>> x = keras.Input((8,))
+        >>> dense = keras.Model(x, keras.layers.Dense(4, name="out")(keras.layers.Dense(16, "relu", name="fc1")(x)))
+        >>> model = tfcompress.bayesian.convert(dense, "sbp", dataset_size=100, verbose=0)
+        >>> plain = strip(model)
+        >>> sorted({type(layer).__name__ for layer in plain.layers} - {"InputLayer"})
+        ['Dense']
+        >>> import numpy as np
+        >>> data = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+        >>> bool(np.allclose(plain.predict(data, verbose=0), model.predict(data, verbose=0), atol=1e-5))
+        True
     """
     graph = trace(model, where="bayesian.strip")
     unfreeze = any(isinstance(node.op, DirichletSwitch) for node in graph.nodes)

@@ -25,7 +25,16 @@ logger = logging.getLogger("tfcompress")
 
 def scored_layers(model, names: list[str], where: str = "prune_to") -> dict[str, Any]:
     """``{name: the Bayesian layer that scores its channels}``: ``name`` is a Bayesian layer's name
-    or that of the Conv2D / Dense whose outputs it multiplies (a clear error for any other)."""
+    or that of the Conv2D / Dense whose outputs it multiplies (a clear error for any other).
+
+    Example:
+        >>> import keras, tfcompress
+        >>> x = keras.Input((8,))
+        >>> dense = keras.Model(x, keras.layers.Dense(4, name="out")(keras.layers.Dense(16, "relu", name="fc1")(x)))
+        >>> model = tfcompress.bayesian.convert(dense, "sbp", dataset_size=100, verbose=0)
+        >>> {name: layer.name for name, layer in scored_layers(model, ["fc1", "fc1_sbp"]).items()}
+        {'fc1': 'fc1_sbp', 'fc1_sbp': 'fc1_sbp'}
+    """
     by_name: dict[str, Any] = {}
     for layer in iter_layers(model):
         if isinstance(layer, _BAYESIAN):
@@ -58,6 +67,17 @@ def prune_to(model, keep: dict[str, int]) -> dict[str, int]:
 
     Returns:
         ``{bayesian layer name: channels masked by this call}``.
+
+    Example:
+        >>> import keras, tfcompress
+        >>> x = keras.Input((8,))
+        >>> dense = keras.Model(x, keras.layers.Dense(4, name="out")(keras.layers.Dense(16, "relu", name="fc1")(x)))
+        >>> model = tfcompress.bayesian.convert(dense, "sbp", dataset_size=100, verbose=0)
+        >>> prune_to(model, {"fc1": 5})
+        {'fc1_sbp': 11}
+        >>> small = tfcompress.shrink(tfcompress.bayesian.strip(model))
+        >>> small.get_layer("fc1").units
+        5
     """
     layers = scored_layers(model, list(keep))
     validate_keep(layers, keep)
@@ -65,7 +85,18 @@ def prune_to(model, keep: dict[str, int]) -> dict[str, int]:
 
 
 def validate_keep(layers: dict[str, Any], keep: dict[str, int], where: str = "prune_to") -> None:
-    """Each ``keep[name]`` is a channel count from 1 to the size of ``layers[name]`` (a clear error otherwise)."""
+    """Each ``keep[name]`` is a channel count from 1 to the size of ``layers[name]`` (a clear error otherwise).
+
+    Example:
+        >>> import keras, tfcompress
+        >>> x = keras.Input((8,))
+        >>> dense = keras.Model(x, keras.layers.Dense(4, name="out")(keras.layers.Dense(16, "relu", name="fc1")(x)))
+        >>> model = tfcompress.bayesian.convert(dense, "sbp", dataset_size=100, verbose=0)
+        >>> validate_keep(scored_layers(model, ["fc1"]), {"fc1": 17})
+        Traceback (most recent call last):
+        ...
+        tfcompress.errors.TfcompressError: prune_to: keep['fc1'] = 17 is not a channel count of a 16-channel layer Fix: pass an integer from 1 to 16
+    """
     for name, k in keep.items():
         total = int(layers[name].mask.shape[0])
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= total:
@@ -76,7 +107,17 @@ def validate_keep(layers: dict[str, Any], keep: dict[str, int], where: str = "pr
 def mask_to(layers: dict[str, Any], keep: dict[str, int]) -> dict[str, int]:
     """Mask all but the ``keep[name]`` most important live channels of each of ``layers``
     (from :func:`scored_layers`, counts checked by :func:`validate_keep`); what :func:`prune_to`
-    does once and ``callbacks.PosteriorPruning`` step by step. Returns the channels masked."""
+    does once and ``callbacks.PosteriorPruning`` step by step. Returns the channels masked.
+
+    Example:
+        >>> import keras, tfcompress
+        >>> x = keras.Input((8,))
+        >>> dense = keras.Model(x, keras.layers.Dense(4, name="out")(keras.layers.Dense(16, "relu", name="fc1")(x)))
+        >>> model = tfcompress.bayesian.convert(dense, "sbp", dataset_size=100, verbose=0)
+        >>> layers = scored_layers(model, ["fc1"])
+        >>> mask_to(layers, {"fc1": 10}), int(layers["fc1"].keep_mask().sum())
+        ({'fc1_sbp': 6}, 10)
+    """
     masked: dict[str, int] = {}
     for name, k in keep.items():
         layer = layers[name]
@@ -117,6 +158,16 @@ def cost_scales(model, *, macs_weight: float = 1.0, params_weight: float = 1.0) 
     Returns:
         ``{bayesian layer name: scale}``, with mean 1 over the layers that have a channel to
         spare (a layer down to one channel gets scale 1).
+
+    Example:
+        >>> import keras, tfcompress
+        >>> x = keras.Input((8, 8, 1))
+        >>> h = keras.layers.Flatten()(keras.layers.Conv2D(8, 3, name="conv")(x))
+        >>> dense = keras.Model(x, keras.layers.Dense(4, name="out")(keras.layers.Dense(16, name="fc1")(h)))
+        >>> model = tfcompress.bayesian.convert(dense, "sbp", dataset_size=100, verbose=0)
+        >>> scales = cost_scales(model)
+        >>> sorted(scales), scales["conv_sbp"] > scales["fc1_sbp"]        # a conv channel costs more
+        (['conv_sbp', 'fc1_sbp'], True)
     """
     from tfcompress.metrics import summarize
 
