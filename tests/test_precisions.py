@@ -110,9 +110,14 @@ def test_int16x8_cnn_agrees_with_float_and_runs_on_tflm(tmp_path, cnn, data):
     assert err16 < err8 / 4  # 256x finer activations; the int8 weights keep some error (7x here)
     micro = to_micro(path, tmp_path / "micro", samples=data[:4])
     assert micro.max_diff_reference <= 2  # the FULLY_CONNECTED rounding, carried into SOFTMAX
+    # Dense layers as 1x1 CONV_2D: TFLM's int16 CONV_2D rounds as LiteRT-ref does, bit for bit
+    conv = to_tflite(cnn, tmp_path / "cnn16_conv.tflite", "int16x8", representative_data=data, dense_as_conv=True)
+    assert "FULLY_CONNECTED" not in conv.ops
+    micro = to_micro(conv.path, tmp_path / "micro_conv", samples=data[:8])
+    assert micro.identical and micro.max_diff_reference == 0
 
 
-def test_int16x8_names_what_tflm_refuses(tmp_path, data):
+def test_int16x8_names_what_tflm_refuses(tmp_path, data, caplog):
     keras.utils.set_random_seed(0)
     x = keras.Input((8, 8, 3))
     model = keras.Model(x, keras.layers.GlobalMaxPooling2D()(keras.layers.Conv2D(4, 3)(x)))
@@ -121,6 +126,7 @@ def test_int16x8_names_what_tflm_refuses(tmp_path, data):
     row = report.layers.row("REDUCE_MAX x1")
     assert row.important and "TFLite Micro" in row.reason
     assert any("REDUCE_MAX" in note for note in report.notes)
+    assert [r.levelname for r in caplog.records if "REDUCE_MAX" in r.getMessage()] == ["WARNING"]
     with pytest.raises(UnsupportedOpError, match="no int16 kernel for op.*REDUCE_MAX"):
         to_micro(path, tmp_path / "micro")
     # the table is a measurement: the real TFLM interpreter refuses the op in int16

@@ -21,7 +21,7 @@ from tfcompress._io import write_bytes_atomic
 from tfcompress.errors import ConversionError, FloatFallbackError, TfcompressError
 from tfcompress.export.calibration import converter_dataset, representative_samples
 from tfcompress.export.tflite_file import TFLiteModel, load_tflite
-from tfcompress.report import SKIPPED, CompressionReport
+from tfcompress.report import SKIPPED, CompressionReport, logger
 
 QUANTIZATION_MODES = ("int8", "int16x8", "int4", "int4_weight_only", "float16", "dynamic", None)
 IO_DTYPES = ("int8", "uint8", "int16", "float32")
@@ -312,7 +312,7 @@ def to_tflite(
         batch_size: static batch size of the exported graph (1 by default, which
             TFLite Micro and the Edge TPU need); ``None`` keeps it dynamic.
         calibration_samples: use at most this many representative samples.
-        dense_as_conv: with ``"int8"``, write each Dense on a 2-D input as a 1x1 CONV_2D
+        dense_as_conv: with ``"int8"`` or ``"int16x8"``, write each Dense on a 2-D input as a 1x1 CONV_2D
             (`tfcompress.export.dense_as_conv`): TFLite Micro's FULLY_CONNECTED rounds twice,
             LiteRT's reference kernel once, and they differ by 1 LSB on a few outputs in a
             thousand; both compute CONV_2D alike, so the file runs bit-exactly on both.
@@ -488,8 +488,10 @@ def export_report(parsed: TFLiteModel, path: str, quantization: str | None, io_d
 
     problems = tflm_int16_problems(parsed) if quantization == "int16x8" else {}
     if problems:
-        notes = [*notes, "TFLite Micro will not run this file as it is: " + "; ".join(
-            f"{op}: {why}" for op, why in sorted(problems.items()))]
+        note = "TFLite Micro will not run this file as it is: " + "; ".join(
+            f"{op}: {why}" for op, why in sorted(problems.items()))
+        notes = [*notes, note]
+        logger.warning("%s: %s", path, note)  # once per export, as CompressionReport warns
     return ExportReport(
         path=path,
         quantization=quantization,
