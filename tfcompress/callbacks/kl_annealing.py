@@ -68,6 +68,16 @@ class KLAnnealing(keras.callbacks.Callback):
         layer_scales: ``{layer name: factor}``; those layers get ``factor * w`` (default 1).
             Names that match no Bayesian layer are refused when training begins. ``"cost"``:
             ``tfcompress.bayesian.cost_scales(model)`` at the start of every epoch.
+
+    Example:
+        >>> import numpy as np
+        >>> from tfcompress.layers import VariationalDense
+        >>> model = keras.Sequential([keras.Input((8,)), VariationalDense(4, dataset_size=32, seed=0)])
+        >>> model.compile("adam", "mse")
+        >>> x, y = np.ones((32, 8), "float32"), np.zeros((32, 4), "float32")
+        >>> history = model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[KLAnnealing(warmup_epochs=2)])
+        >>> [round(w, 2) for w in history.history["kl_weight"]]            # 0, 1/2, then the full ELBO
+        [0.0, 0.5, 1.0]
     """
 
     def __init__(

@@ -27,6 +27,17 @@ class UpdatePruning(keras.callbacks.Callback):
     and for channel pruning ``removable_channels``: the fraction of the channel-pruned layers'
     output channels that ``tfcompress.shrink`` will really remove (coupled channels go together,
     ``tfcompress.pruning.groups``).
+
+    Example:
+        >>> import numpy as np
+        >>> from tfcompress.pruning import PolynomialDecay, prune
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> pruned = prune(model, PolynomialDecay(0.0, 0.75, begin_step=0, end_step=8, frequency=1), verbose=0)
+        >>> pruned.compile("adam", "mse")
+        >>> x, y = np.ones((32, 8), "float32"), np.zeros((32, 4), "float32")
+        >>> history = pruned.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[UpdatePruning()])
+        >>> [round(s, 2) for s in history.history["sparsity"]]      # 4 steps per epoch: on the ramp, at 0.75
+        [0.56, 0.75]
     """
 
     def __init__(self) -> None:

@@ -54,6 +54,22 @@ class CompressionSummaries(keras.callbacks.Callback):
     Args:
         log_dir: directory of the event files (created if missing).
         update_freq: ``"epoch"`` (default) or a number of optimizer steps between writes.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> from tfcompress.callbacks import UpdatePruning
+        >>> from tfcompress.pruning import ConstantSparsity, prune
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+        >>> pruned = prune(model, ConstantSparsity(0.5, begin_step=0, frequency=1), verbose=0)
+        >>> pruned.compile("adam", "mse")
+        >>> _ = pruned.fit(np.ones((8, 8)), np.zeros((8, 4)), epochs=1, verbose=0,
+        ...                callbacks=[UpdatePruning(), CompressionSummaries("logs")])
+        >>> import glob
+        >>> [path] = glob.glob("logs/compression/events.out.tfevents.*")
+        >>> scalars = {v.tag: float(tf.make_ndarray(v.tensor)) for e in tf.compat.v1.train.summary_iterator(path)
+        ...            for v in e.summary.value if v.metadata.plugin_data.plugin_name != "histograms"}
+        >>> {tag: value for tag, value in scalars.items() if "sparsity" in tag}
+        {...: 0.5...}
     """
 
     def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch"):
