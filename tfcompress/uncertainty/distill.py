@@ -789,6 +789,20 @@ class StudentPruning(UpdatePruning):
 
     Kept for existing code: ``UpdatePruning`` itself now finds the one Functional / Sequential
     model inside a subclassed distiller that holds the pruned layers.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.distillation import Distiller
+        >>> from tfcompress.pruning import ConstantSparsity, mask_sparsity, prune, pruning_wrappers
+        >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> student = prune(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]),
+        ...                 ConstantSparsity(0.5, begin_step=0, frequency=1), verbose=0)
+        >>> distiller = Distiller(student, teacher)
+        >>> distiller.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> x, y = np.ones((8, 4), "float32"), np.zeros(8, "int32")
+        >>> _ = distiller.fit(x, y, epochs=1, verbose=0, callbacks=[StudentPruning()])
+        >>> round(mask_sparsity(pruning_wrappers(student)), 2)
+        0.5
     """
 
     def set_model(self, model) -> None:
@@ -801,7 +815,13 @@ class StudentPruning(UpdatePruning):
 
 @dataclass
 class ParetoPoint:
-    """One distilled student: its sparsity, cost and validation scores."""
+    """One distilled student: its sparsity, cost and validation scores.
+
+    Example:
+        >>> point = ParetoPoint(sparsity=0.5, params=120, macs=100, nll=0.41, accuracy=0.9)
+        >>> point.to_dict()
+        {'sparsity': 0.5, 'params': 120, 'macs': 100, 'nll': 0.41, 'accuracy': 0.9}
+    """
 
     sparsity: float
     params: int

@@ -36,6 +36,13 @@ class StorageAccounting:
         index_free_entries: ``N S`` when the members have no zeros left (a shrunk
             channel-level structure stores no index), else None.
         file_weight_bytes: constant-tensor bytes of the exported file, when ``path`` was given.
+
+    Example:
+        >>> import keras
+        >>> members = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]) for _ in range(2)]
+        >>> report = storage_accounting(members)
+        >>> report.members, report.params, report.dense_entries        # 2 members of 12 kernel weights
+        (2, 12, 24)
     """
 
     members: int
