@@ -45,7 +45,14 @@ __all__ = ["ChannelFlow", "Cut", "UnionFind"]
 
 
 class UnionFind:
-    """Disjoint sets over integers (path halving; the smaller root wins, so roots are stable)."""
+    """Disjoint sets over integers (path halving; the smaller root wins, so roots are stable).
+
+    Example:
+        >>> sets = UnionFind()
+        >>> sets.union(3, 1); sets.union(1, 2)
+        >>> sets.find(3), sets.find(2), sets.find(4)                # the smaller root wins
+        (1, 1, 4)
+    """
 
     def __init__(self) -> None:
         self.parent: dict[int, int] = {}
@@ -76,6 +83,17 @@ class Cut:
             passes its input's channels, e.g. a depthwise convolution).
         flow: the `ChannelFlow` the decision came from.
         notes: the handler may append what it folded.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.core import handler_for, trace
+        >>> dense = keras.layers.Dense(4)
+        >>> flow = ChannelFlow(trace(keras.Sequential([keras.Input((8,)), dense]))).run()
+        >>> cut = Cut(keep_in=[np.ones(8, bool)], keep_out=np.array([True, False, True, True]),
+        ...           weights=weights_by_name(dense), const_in=[np.full(8, np.nan)], producer=True, flow=flow)
+        >>> config, weights = handler_for(dense).cut(dense, cut)   # unit 1 removed
+        >>> config["units"], weights["kernel"].shape, weights["bias"].shape
+        (3, (8, 3), (3,))
     """
 
     keep_in: list[np.ndarray]
@@ -88,7 +106,15 @@ class Cut:
 
 
 def weights_by_name(layer) -> dict[str, np.ndarray]:
-    """``{short name: value}`` of a layer's weights (``kernel``, ``bias``, ``gamma`` ...)."""
+    """``{short name: value}`` of a layer's weights (``kernel``, ``bias``, ``gamma`` ...).
+
+    Example:
+        >>> import keras
+        >>> bn = keras.layers.BatchNormalization()
+        >>> bn.build((None, 4))
+        >>> sorted(weights_by_name(bn))
+        ['beta', 'gamma', 'moving_mean', 'moving_variance']
+    """
     import keras
 
     return {w.path.split("/")[-1]: keras.ops.convert_to_numpy(w) for w in layer.weights}
@@ -111,6 +137,18 @@ class ChannelFlow:
     After :meth:`run`: ``origin[t]`` (per channel position of tensor ``t``, its base channel),
     ``const[t]``, ``base_index`` (base -> (creating layer, channel)), ``required`` (bases that
     can never be removed: model inputs and outputs, channels into an opaque layer).
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.core import trace
+        >>> x = keras.Input((8,))
+        >>> h = keras.layers.Dense(4, name="fc1")(x)
+        >>> model = keras.Model(x, keras.layers.Dense(2, name="fc2")(keras.layers.ReLU()(h)))
+        >>> flow = ChannelFlow(trace(model), constants=False).run()
+        >>> sorted({name for members in flow.groups().values() for name, _ in members})
+        ['fc1', 'fc2']
+        >>> len(flow.group_of("fc1"))                               # one group per output unit of fc1
+        4
     """
 
     def __init__(self, graph: Graph, *, constants: bool = True, strict: bool = False, atol: float = 0.0,

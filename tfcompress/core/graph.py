@@ -54,6 +54,14 @@ class Node:
         outputs: ids of the tensors it writes.
         arguments: the call's arguments as Keras recorded them (tensors, constants, kwargs);
             :meth:`Graph.call_arguments` fills them in with new tensors.
+
+    Example:
+        >>> x = keras.Input((8,))
+        >>> h = keras.layers.Dense(4, name="fc1")(x)
+        >>> model = keras.Model(x, keras.layers.Add(name="add")([h, keras.layers.Dense(4, name="fc2")(h)]))
+        >>> node = trace(model).nodes[-1]
+        >>> node.name, node.is_layer, len(node.inputs), node.output == trace(model).outputs[0]
+        ('add', True, 2, True)
     """
 
     op: Any
@@ -89,7 +97,18 @@ class Node:
 
 @dataclass(eq=False)
 class Graph:
-    """A traced model: nodes in topological order, input and output tensor ids, and tensors."""
+    """A traced model: nodes in topological order, input and output tensor ids, and tensors.
+
+    Example:
+        >>> x = keras.Input((8,))
+        >>> h = keras.layers.Dense(4, name="fc1")(x)
+        >>> model = keras.Model(x, keras.layers.Add(name="add")([h, keras.layers.Dense(4, name="fc2")(h)]))
+        >>> graph = trace(model)
+        >>> [node.name for node in graph.nodes], graph.shape(graph.outputs[0])
+        (['fc1', 'fc2', 'add'], (None, 4))
+        >>> [n.name for n in graph.consumers(graph.nodes[0].output)]          # fc1's output feeds two layers
+        ['fc2', 'add']
+    """
 
     model: Any
     nodes: list[Node]
@@ -173,6 +192,14 @@ def trace(model, *, where: str = "trace", inline: bool = True) -> Graph:
 
     Returns:
         A :class:`Graph`.
+
+    Example:
+        >>> x = keras.Input((8,))
+        >>> h = keras.layers.Dense(4, name="fc1")(x)
+        >>> model = keras.Model(x, keras.layers.Add(name="add")([h, keras.layers.Dense(4, name="fc2")(h)]))
+        >>> graph = trace(model)
+        >>> len(graph.nodes), [type(layer).__name__ for layer in graph.layers()]
+        (3, ['Dense', 'Dense', 'Add'])
     """
     if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
         raise TfcompressError(f"{where} needs a built Sequential or Functional model",
@@ -269,7 +296,14 @@ def _unique(name: str, used: set[str]) -> str:
 
 
 def copy_layer(layer):
-    """A fresh copy of ``layer`` by its registered handler (default: ``from_config``)."""
+    """A fresh copy of ``layer`` by its registered handler (default: ``from_config``).
+
+    Example:
+        >>> dense = keras.layers.Dense(4, activation="relu", name="fc")
+        >>> copy = copy_layer(dense)
+        >>> copy is dense, copy.name, copy.units, copy.get_config()["activation"]
+        (False, 'fc', 4, 'relu')
+    """
     return handler_for(layer).clone(layer)
 
 
@@ -296,6 +330,17 @@ def rebuild(graph: Graph, replace: Callable[[Node, tuple, dict], Any] | None = N
     Returns:
         A Functional ``keras.Model`` with the traced model's input names and output structure
         (a single tensor, or a list).
+
+    Example:
+        >>> x = keras.Input((8,))
+        >>> h = keras.layers.Dense(4, name="fc1")(x)
+        >>> model = keras.Model(x, keras.layers.Add(name="add")([h, keras.layers.Dense(4, name="fc2")(h)]))
+        >>> def widen(node, args, kwargs):                    # replace fc2 by a ReLU'd copy, keep the rest
+        ...     if node.name == "fc2":
+        ...         return keras.layers.Activation("relu", name="relu")(call_copy(node, args, kwargs))
+        >>> new = rebuild(trace(model), widen)
+        >>> [layer.name for layer in new.layers[1:]]
+        ['fc1', 'fc2', 'relu', 'add']
     """
     new_tensors: dict[int, Any] = {}
     new_inputs = []
@@ -369,7 +414,17 @@ def _as_chain(model) -> list | None:
 
 
 def call_copy(node: Node, args: tuple, kwargs: dict, *, copy_weights: bool = True, layer=None):
-    """Call a copy of ``node``'s layer (or ``layer``) on ``args``; operations are called as they are."""
+    """Call a copy of ``node``'s layer (or ``layer``) on ``args``; operations are called as they are.
+
+    Example:
+        >>> x = keras.Input((8,))
+        >>> h = keras.layers.Dense(4, name="fc1")(x)
+        >>> model = keras.Model(x, keras.layers.Add(name="add")([h, keras.layers.Dense(4, name="fc2")(h)]))
+        >>> graph = trace(model)
+        >>> y = call_copy(graph.nodes[0], (keras.Input((8,)),), {})       # a copy of fc1, with its weights
+        >>> tuple(y.shape)
+        (None, 4)
+    """
     if not node.is_layer:
         return node.op(*args, **kwargs)
     source = node.op

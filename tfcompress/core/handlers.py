@@ -70,7 +70,14 @@ FUSABLE_ACTIVATIONS = frozenset({"linear", "relu", "relu6"})
 
 
 def activation_name(layer) -> str | None:
-    """The name of ``layer``'s activation function (None when it has none)."""
+    """The name of ``layer``'s activation function (None when it has none).
+
+    Example:
+        >>> activation_name(keras.layers.Dense(4, activation="relu")), activation_name(keras.layers.Dense(4))
+        ('relu', 'linear')
+        >>> activation_name(keras.layers.Flatten()) is None
+        True
+    """
     act = getattr(layer, "activation", None)
     if act is None:
         return None
@@ -102,7 +109,18 @@ class OpaqueHandler(LayerHandler):
     whole, its outputs are new channels that are never removed. ``reuse=True`` rebuilds the
     model with the layer object itself instead of a ``from_config`` copy (a ``Lambda``, whose
     function a config cannot carry safely). ``barrier=True`` declares that keeping its channels
-    whole is intended, so ``shrink`` (strict by default) does not stop at it."""
+    whole is intended, so ``shrink`` (strict by default) does not stop at it.
+
+    Example:
+        >>> from tfcompress.core import unregister_layer
+        >>> class Shuffle(keras.layers.Layer):                 # reorders channels: nothing to trace
+        ...     def call(self, x):
+        ...         return keras.ops.flip(x, axis=-1)
+        >>> register_layer(Shuffle, OpaqueHandler(qat="range", why="it reorders channels"))
+        >>> handler_for(Shuffle()).known, handler_for(Shuffle()).qat
+        (True, 'range')
+        >>> unregister_layer(Shuffle)
+    """
 
     def __init__(self, *, qat: str = "range", reuse: bool = False, why: str = "an opaque layer",
                  barrier: bool = False):
@@ -120,7 +138,12 @@ class OpaqueHandler(LayerHandler):
 
 class PassThroughHandler(LayerHandler):
     """Output channel ``c`` is input channel ``c`` and a per-channel constant stays the same
-    constant (max / average pooling, dropout, cropping, upsampling, identity)."""
+    constant (max / average pooling, dropout, cropping, upsampling, identity).
+
+    Example:
+        >>> type(handler_for(keras.layers.MaxPooling2D())).__name__, handler_for(keras.layers.Flatten()).qat
+        ('PassThroughHandler', 'pass')
+    """
 
     def __init__(self, *, qat: str = "pass", kind: str = "other", zero_only: bool = False,
                  macs: Callable | None = None):
@@ -156,6 +179,19 @@ class ChannelwiseHandler(LayerHandler):
         qat: the QAT role (default ``"range"``: its output gets an int8 range).
         kind: the MAC-counting kind.
         macs_per_element: MACs per output element.
+
+    Example:
+        >>> from tfcompress.core import unregister_layer
+        >>> class ChannelScale(keras.layers.Layer):            # y[..., c] = x[..., c] * scale[c]
+        ...     def build(self, shape):
+        ...         self.scale = self.add_weight(name="scale", shape=(shape[-1],), initializer="ones")
+        ...     def call(self, x):
+        ...         return x * self.scale
+        >>> handler = ChannelwiseHandler(per_channel=("scale",), qat="range")
+        >>> register_layer(ChannelScale, handler)
+        >>> handler_for(ChannelScale()) is handler
+        True
+        >>> unregister_layer(ChannelScale)
     """
 
     def __init__(self, per_channel: tuple[str, ...] = (), *, constant: Callable | str | None = None,
@@ -314,7 +350,12 @@ class PReLUHandler(ChannelwiseHandler):
 
 
 class MixingHandler(LayerHandler):
-    """Mixes its input's channels into as many outputs (Softmax): every channel into it stays."""
+    """Mixes its input's channels into as many outputs (Softmax): every channel into it stays.
+
+    Example:
+        >>> type(handler_for(keras.layers.Softmax())).__name__
+        'MixingHandler'
+    """
 
     qat = "range"
 
@@ -327,6 +368,11 @@ class MergeHandler(LayerHandler):
 
     Args:
         combine: ``combine(stacked constants) -> constant`` (None: not constant-preserving).
+
+    Example:
+        >>> handler = handler_for(keras.layers.Add())
+        >>> type(handler).__name__, handler.qat
+        ('MergeHandler', 'range')
     """
 
     kind = "elementwise"
@@ -344,6 +390,15 @@ class MergeHandler(LayerHandler):
 
 
 class ConcatenateHandler(LayerHandler):
+    """Concatenate along the channel axis: each input's channels keep their own groups, at their
+    offsets in the output; QAT gives the inputs and the output one range (``same_range``).
+
+    Example:
+        >>> handler = handler_for(keras.layers.Concatenate())
+        >>> type(handler).__name__, handler.qat
+        ('ConcatenateHandler', 'same_range')
+    """
+
     qat = "same_range"
 
     def trace(self, flow, node) -> None:
@@ -478,6 +533,11 @@ class ProducerHandler(_Producer):
         qat: QAT role (``"kernel"`` for types `QuantizedLayer` wraps).
         kind: ``"conv"`` or ``"dense"`` for MAC counting.
         input_axis: the kernel axis of input features.
+
+    Example:
+        >>> handler = handler_for(keras.layers.Dense(4))
+        >>> type(handler).__name__, handler.qat, handler.kind
+        ('ProducerHandler', 'kernel', 'dense')
     """
 
     def __init__(self, *, kernel: str = "kernel", units_key: str = "filters", qat: str = "range",
@@ -563,7 +623,12 @@ class SeparableHandler(_Producer):
 
 class DepthwiseHandler(LayerHandler):
     """DepthwiseConv1D / 2D: output channel ``c * m + j`` reads input channel ``c`` only, so it
-    belongs to the group of its input channel; its kernel ``(..., in, m)`` is prunable."""
+    belongs to the group of its input channel; its kernel ``(..., in, m)`` is prunable.
+
+    Example:
+        >>> type(handler_for(keras.layers.DepthwiseConv2D(3))).__name__
+        'DepthwiseHandler'
+    """
 
     kind = "conv"
 
@@ -674,7 +739,15 @@ def _global_pool_macs(layer, input_shapes, output_shapes):
 
 class WrapperHandler(LayerHandler):
     """A tfcompress training wrapper (pruning mask, fake quantization, clustering) around a layer:
-    channels flow as through the layer it wraps; its kind and MACs are the wrapped layer's."""
+    channels flow as through the layer it wraps; its kind and MACs are the wrapped layer's.
+
+    Example:
+        >>> from tfcompress.core.registry import handler_for_type
+        >>> from tfcompress.layers import PruneLowMagnitude
+        >>> handler = handler_for_type(PruneLowMagnitude)
+        >>> type(handler).__name__, handler.qat
+        ('WrapperHandler', 'refuse')
+    """
 
     def __init__(self, *, qat: str = "refuse", why: str = "strip the wrapper first"):
         self.qat = qat

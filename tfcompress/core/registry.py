@@ -62,7 +62,16 @@ QAT_ROLES = (
 
 
 class UnknownLayerError(TfcompressError):
-    """A step met a layer type no handler describes."""
+    """A step met a layer type no handler describes.
+
+    Example:
+        >>> import keras
+        >>> class Mystery(keras.layers.Layer):
+        ...     def call(self, x):
+        ...         return x
+        >>> print(UnknownLayerError(Mystery(name="m"), "quantize"))
+        layer 'm': quantize does not know the layer type ...Mystery Fix: describe it to tfcompress with tfcompress.core.register_layer(Mystery, handler)...
+    """
 
     def __init__(self, layer, step: str, why: str = ""):
         cls = type(layer)
@@ -89,6 +98,21 @@ class LayerHandler:
       ``"elementwise"``, ``"other"``), as ``tfcompress.metrics`` reports it;
     * ``qat``: one of :data:`QAT_ROLES`;
     * ``known``: False only for the fallback handler of unregistered types.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.core import register_layer, unregister_layer
+        >>> class Identity(keras.layers.Layer):
+        ...     def call(self, x):
+        ...         return x
+        >>> class IdentityHandler(LayerHandler):               # channel c in = channel c out, QAT passes it
+        ...     qat = "identity"
+        ...     def trace(self, flow, node):
+        ...         flow.passthrough(node)
+        >>> register_layer(Identity, IdentityHandler())
+        >>> is_registered(Identity()), handler_for(Identity()).qat
+        (True, 'identity')
+        >>> unregister_layer(Identity)
     """
 
     kind: str = "other"
@@ -213,21 +237,52 @@ register_customized_layer = register_layer
 
 
 def unregister_layer(layer_type: type) -> None:
-    """Forget a registration made with :func:`register_layer`."""
+    """Forget a registration made with :func:`register_layer`.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.core import OpaqueHandler
+        >>> class Mine(keras.layers.Layer):
+        ...     def call(self, x):
+        ...         return x
+        >>> register_layer(Mine, OpaqueHandler())
+        >>> unregister_layer(Mine)
+        >>> is_registered(Mine())
+        False
+    """
     _REGISTRY.pop(layer_type, None)
 
 
 def registered_types() -> list[type]:
-    """Every registered layer type."""
+    """Every registered layer type.
+
+    Example:
+        >>> import keras
+        >>> keras.layers.Dense in registered_types()
+        True
+    """
     return list(_REGISTRY)
 
 
 def handler_for_type(layer_type: type) -> LayerHandler:
-    """The handler registered for ``layer_type`` itself (the fallback when there is none)."""
+    """The handler registered for ``layer_type`` itself (the fallback when there is none).
+
+    Example:
+        >>> import keras
+        >>> type(handler_for_type(keras.layers.Conv2D)).__name__
+        'ProducerHandler'
+    """
     return _REGISTRY.get(layer_type, _UNKNOWN)
 
 
 def is_registered(layer) -> bool:
+    """True when a handler describes ``layer`` (its type, or a base class whose ``call`` it keeps).
+
+    Example:
+        >>> import keras
+        >>> is_registered(keras.layers.Dense(4)), is_registered(keras.layers.Layer())
+        (True, False)
+    """
     return handler_for(layer).known
 
 

@@ -29,6 +29,14 @@ def iter_layers(model, *, models: bool = True, wrapped: bool = False) -> Iterato
         model: a Keras model (or layer).
         models: also yield the nested models themselves (before their layers).
         wrapped: also yield the layer a ``keras.layers.Wrapper`` wraps (after the wrapper).
+
+    Example:
+        >>> inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")], name="inner")
+        >>> outer = keras.Sequential([keras.Input((8,)), inner, keras.layers.Dense(2, name="out")])
+        >>> [layer.name for layer in iter_layers(outer)]
+        ['inner', 'fc', 'out']
+        >>> [layer.name for layer in iter_layers(outer, models=False)]
+        ['fc', 'out']
     """
     seen: set[int] = set()
 
