@@ -62,6 +62,19 @@ def _print_json(payload) -> None:
 
 
 def cmd_convert(args) -> int:
+    """``tfcompress convert``: a `.keras` model (or a float `.tflite`) to a checked `.tflite` file; the exit status.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]).save("model.keras")
+        >>> np.save("x.npy", np.ones((4, 8), "float32"))
+        >>> cmd_convert(build_parser().parse_args(["convert", "model.keras", "-o", "model.tflite", "--calibration", "x.npy",
+        ...                                        "--quiet"]))
+        wrote model.tflite
+          quantization   int8   I/O int8
+        ...
+        0
+    """
     from tfcompress.errors import CalibrationDataError, TfcompressError
     from tfcompress.export.calibration import load_calibration_file
     from tfcompress.export.convert import load_keras_model, to_tflite, uses_fake_quant
@@ -149,6 +162,19 @@ def _convert_tflite(args, quantization, calibration, precision) -> int:
 
 
 def cmd_inspect(args) -> int:
+    """``tfcompress inspect``: size, ops, int8 coverage, tensors and Edge TPU readiness of a `.tflite` file.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> _ = to_tflite(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), "model.tflite", quantization=None)
+        >>> cmd_inspect(build_parser().parse_args(["inspect", "model.tflite"]))
+        model.tflite
+          size ...
+          ops            1: FULLY_CONNECTED x1
+        ...
+        0
+    """
     from tfcompress.export.tflite_file import load_tflite
 
     model = load_tflite(args.model)
@@ -243,6 +269,17 @@ def _tensor_brief(t, full: bool = False) -> str:
 
 
 def cmd_bench(args) -> int:
+    """``tfcompress bench``: the latency of `.tflite` files, measured interleaved (`tfcompress.export.benchmark`).
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> _ = to_tflite(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), "model.tflite", quantization=None)
+        >>> cmd_bench(build_parser().parse_args(["bench", "model.tflite", "--runs", "5", "--warmup", "1", "--in-process",
+        ...                                      "--json"]))
+        {...}
+        0
+    """
     from tfcompress.export.bench import benchmark
 
     interactive = sys.stderr.isatty() and not args.quiet
@@ -272,6 +309,19 @@ def cmd_bench(args) -> int:
 
 
 def cmd_micro(args) -> int:
+    """``tfcompress micro``: TFLite Micro C sources and the measured arena (`tfcompress.export.to_micro`).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> _ = to_tflite(model, "model.tflite", "int8", np.ones((4, 8), "float32"), dense_as_conv=True)
+        >>> os.makedirs("firmware", exist_ok=True)
+        >>> cmd_micro(build_parser().parse_args(["micro", "model.tflite", "-o", "firmware", "--in-process", "--quiet"]))
+        TFLite Micro export of model.tflite
+        ...
+        0
+    """
     from tfcompress.export.micro import to_micro
 
     _progress(args, f"writing TFLite Micro sources to {args.output} and verifying on the TFLM interpreter")
@@ -286,6 +336,18 @@ def cmd_micro(args) -> int:
 
 
 def cmd_edgetpu(args) -> int:
+    """``tfcompress edgetpu``: the Edge TPU readiness of a `.tflite` file (`tfcompress.export.edgetpu_report`).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> _ = to_tflite(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), "model.tflite", "int8", np.ones((4, 8)))
+        >>> cmd_edgetpu(build_parser().parse_args(["edgetpu", "model.tflite"]))
+        Edge TPU readiness: model.tflite
+          verdict     READY (1 ops on Edge TPU, 0 on CPU)
+        ...
+        0
+    """
     from tfcompress.export.edgetpu import edgetpu_report
 
     report = edgetpu_report(args.model, compiler="off" if args.static else "auto")
@@ -305,6 +367,7 @@ def _demo_message(args, message: str) -> None:
 
 
 def cmd_demo(args) -> int:
+    """``tfcompress demo``: the README's main job (`tfcompress.demo.run_demo`)."""
     from tfcompress.demo import run_demo
 
     with _native_stderr_captured(args.verbose):
@@ -327,6 +390,13 @@ _IN_PROCESS_HELP = ("run the interpreters in this process (by default they run i
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tfcompress`` argument parser: one sub-command per ``cmd_*`` function.
+
+    Example:
+        >>> args = build_parser().parse_args(["bench", "a.tflite", "b.tflite", "--runs", "50"])
+        >>> args.command, args.models, args.runs, args.warmup
+        ('bench', ['a.tflite', 'b.tflite'], 50, 20)
+    """
     parser = argparse.ArgumentParser(
         prog="tfcompress",
         description="Compress Keras 3 models and export verified int8 TFLite for LiteRT, TFLite Micro and Edge TPU.",
@@ -488,6 +558,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``tfcompress`` command (and ``python -m tfcompress``): run ``argv``, return the exit status
+    (0; 1 with a one-line error for bad input).
+
+    Example:
+        >>> main(["inspect", "missing.tflite"])                     # one line on stderr, exit status 1
+        1
+        >>> main(["--version"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 0
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
