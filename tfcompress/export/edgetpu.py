@@ -153,7 +153,17 @@ class CompilerRun:
 
 @dataclass
 class EdgeTPUReport:
-    """The Edge TPU readiness of one ``.tflite`` file."""
+    """The Edge TPU readiness of one ``.tflite`` file.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> _ = to_tflite(model, "model.tflite", "int8", representative_data=np.ones((4, 8), "float32"))
+        >>> report = edgetpu_report("model.tflite", compiler="off")
+        >>> report.ready, report.mode, report.tpu_ops, report.cpu_ops, report.first_cpu_op
+        (True, 'static', 1, 0, None)
+    """
 
     path: str | None
     ready: bool

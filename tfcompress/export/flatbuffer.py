@@ -70,6 +70,11 @@ class Field:
     ``vector_table`` or ``union``; ``fmt`` / ``size`` describe a scalar or a vector's element;
     ``table`` is the table a ``table`` / ``vector_table`` field holds; ``union`` maps a union's
     type values to table names and ``type_slot`` is the slot of its type field.
+
+    Example:
+        >>> fields = {f.name: f for f in schema_tables()["Tensor"]}
+        >>> fields["shape"].kind, fields["shape"].fmt, fields["name"].kind, fields["quantization"].table
+        ('vector', '<i', 'string', 'QuantizationParameters')
     """
 
     name: str
@@ -101,6 +106,18 @@ class Site:
     offset to its vtable), ``vtable`` (a vtable entry), ``uoffset`` (an offset to a table,
     vector or string), ``length`` (a vector's or string's length), ``scalar`` (a field or a
     vector element) or ``union_type``.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> _ = to_tflite(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), "model.tflite", quantization=None)
+        >>> data = open("model.tflite", "rb").read()
+        >>> sites = []
+        >>> verify_flatbuffer(data, "model.tflite", visit=sites.append)
+        >>> sites[0].kind, sites[0].pos
+        ('uoffset', 0)
+        >>> sorted({site.kind for site in sites})
+        ['length', 'scalar', 'soffset', 'table', 'union_type', 'uoffset', 'vtable']
     """
 
     kind: str
@@ -428,6 +445,19 @@ def read_flatbuffer(data: bytes, where: str = "<bytes>", identifier: bytes = b"T
 
     Raises:
         InvalidModelFileError: as `verify_flatbuffer`.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> _ = to_tflite(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), "model.tflite", quantization=None)
+        >>> data = open("model.tflite", "rb").read()
+        >>> model_t = read_flatbuffer(data, "model.tflite")
+        >>> type(model_t).__name__, len(model_t.subgraphs), [t.shape.tolist() for t in model_t.subgraphs[0].tensors][:1]
+        ('ModelT', 1, [[1, 8]])
+        >>> read_flatbuffer(data[:100], "cut.tflite")
+        Traceback (most recent call last):
+        ...
+        tfcompress.errors.InvalidModelFileError: cut.tflite: ...
     """
     walk = _Walk(bytes(data), where, None, build=True)
     if walk.n < 8 or data[4:8] != identifier:

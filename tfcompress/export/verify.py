@@ -101,6 +101,11 @@ class OpSpec:
     for the recurrent ops whose many weights are each optional). ``options``: the
     ``BuiltinOptions`` member the kernel reads, and ``needs_options`` when a missing table
     (all fields zero) is invalid for it.
+
+    Example:
+        >>> spec = op_specs()["FULLY_CONNECTED"]
+        >>> spec.inputs, 2 in spec.optional, spec.options                 # the bias input may be -1
+        ((2, 3), True, 'FullyConnectedOptions')
     """
 
     inputs: tuple[int, int | None]
@@ -647,6 +652,13 @@ def _snake(name: str) -> str:
 
 
 def tensor_label(t: _Tensor) -> str:
+    """How an error names a tensor: its index, and its name when it has one.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> tensor_label(SimpleNamespace(index=3, name="dense/MatMul")), tensor_label(SimpleNamespace(index=4, name=""))
+        ("tensor 3 ('dense/MatMul')", 'tensor 4')
+    """
     return f"tensor {t.index} ({t.name!r})" if t.name else f"tensor {t.index}"
 
 
@@ -677,6 +689,10 @@ def dimension_after_window(size: int, filter_size: int, stride: int, dilation: i
 
     ``SAME``: ``ceil(size / stride)``; ``VALID``: ``ceil((size - effective + 1) / stride)`` with
     ``effective = (filter_size - 1) * dilation + 1`` (lite/kernels/padding.h).
+
+    Example:
+        >>> dimension_after_window(28, 5, 1, 1, "VALID"), dimension_after_window(28, 3, 2, 1, "SAME")
+        (24, 14)
     """
     effective = (filter_size - 1) * dilation + 1
     if padding == "SAME":
@@ -970,6 +986,22 @@ def verify_model(model_t, data: bytes, where: str, buffer_bytes: dict[int, memor
 
     Raises:
         InvalidModelFileError: the first rule the model breaks.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> from tfcompress.export.flatbuffer import read_flatbuffer
+        >>> _ = to_tflite(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), "model.tflite", quantization=None)
+        >>> data = open("model.tflite", "rb").read()
+        >>> model_t = read_flatbuffer(data)
+        >>> buffers = {i: memoryview(b.data) for i, b in enumerate(model_t.buffers) if b.data is not None and len(b.data)}
+        >>> verify_model(model_t, data, "model.tflite", buffers)
+        ['FULLY_CONNECTED']
+        >>> model_t.subgraphs[0].operators[0].inputs = np.array([0, 99, -1], np.int32)   # past the tensors
+        >>> verify_model(model_t, data, "model.tflite", buffers)
+        Traceback (most recent call last):
+        ...
+        tfcompress.errors.InvalidModelFileError: model.tflite: ...
     """
     checker = _Checker(model_t, data, where, buffer_bytes)
     checker.run()
