@@ -56,6 +56,12 @@ class InterpreterCrashError(TfcompressError):
         signal_name: e.g. ``"SIGSEGV"`` for a signal.
         engine / step / file: the last native step the child reported.
         op: the op whose prefix first crashes (``"CONV_2D#0"``), when it could be found.
+
+    Example:
+        >>> run_isolated("os:abort", where="model.tflite")            # the child dies; this process does not
+        Traceback (most recent call last):
+        ...
+        tfcompress.export.isolation.InterpreterCrashError: model.tflite: ...SIGABRT...
     """
 
     def __init__(self, what: str, where: str, fix: str, *, reason: str, signal_name: str | None = None,
@@ -77,6 +83,11 @@ def phase(step: str, engine: str, where: str | None = None) -> None:
     """Report, from an isolated child, that a native ``step`` of ``engine`` starts on ``where``.
 
     Consecutive reports of the same step are sent once (a prediction loop invokes often).
+
+    Example:
+        >>> phase("invoke", "litert:ref", "model.tflite")             # outside a child: nothing to report to
+        >>> run_isolated("tfcompress.export.isolation:phase", ("invoke", "litert:ref"), where="<example>") is None
+        True
     """
     global _last_phase
     if _CHANNEL is not None and (step, engine, where) != _last_phase:
@@ -141,6 +152,11 @@ class Child:
     `run_isolated` starts one per call; a caller with many calls (the fuzz census) keeps one
     and starts a new one after a crash. ``memory_limit`` (bytes) caps the child's address
     space (``RLIMIT_AS``).
+
+    Example:
+        >>> with Child() as child:
+        ...     child.call("math:factorial", (5,)), child.call("math:sqrt", (-1.0,))[0]
+        (('result', 120), 'exception')
     """
 
     def __init__(self, *, memory_limit: int | None = None, extra_path: Sequence[str] = ()):
@@ -249,7 +265,12 @@ def _rebuild(frame):
 
 
 def signal_text(number: int) -> str:
-    """``"SIGSEGV, segmentation fault"`` for 11."""
+    """``"SIGSEGV, segmentation fault"`` for 11.
+
+    Example:
+        >>> signal_text(11), signal_text(9)
+        ('SIGSEGV, segmentation fault', 'SIGKILL, killed')
+    """
     try:
         sig = signal.Signals(number)
     except ValueError:
@@ -259,7 +280,14 @@ def signal_text(number: int) -> str:
 
 
 class ChildError(RuntimeError):
-    """An unexpected (non-tfcompress) exception in the child; ``child_traceback`` holds its traceback."""
+    """An unexpected (non-tfcompress) exception in the child; ``child_traceback`` holds its traceback.
+
+    Example:
+        >>> run_isolated("math:factorial", (-1,), where="<example>")  # a ValueError is not a TfcompressError
+        Traceback (most recent call last):
+        ...
+        tfcompress.export.isolation.ChildError: ...factorial() not defined for negative values...
+    """
 
     def __init__(self, message: str, child_traceback: str = ""):
         super().__init__(message)
@@ -286,6 +314,10 @@ def run_isolated(target: str, args: tuple = (), kwargs: dict | None = None, *, w
         InterpreterCrashError: the child died (signal, exit without an answer), ran out of
             memory or of time.
         ChildError: the function raised something else (a bug), with the child's traceback.
+
+    Example:
+        >>> run_isolated("math:gcd", (12, 18), where="<example>")
+        6
     """
     with Child(memory_limit=memory_limit) as child:
         status, value = child.call(target, args, kwargs, timeout=timeout)
@@ -302,7 +334,13 @@ def run_isolated(target: str, args: tuple = (), kwargs: dict | None = None, *, w
 def crash_error(status: str, value, last_phase: tuple | None, stderr: str, where: str,
                 models: dict[str, bytes], *, timeout: float | None = None,
                 memory_limit: int | None = None) -> Exception:
-    """The one-line error for a child that did not answer (see `Child.call` for ``status``)."""
+    """The one-line error for a child that did not answer (see `Child.call` for ``status``).
+
+    Example:
+        >>> error = crash_error("signal", 11, ("invoke", "tflm", "model.tflite"), "", "model.tflite", {})
+        >>> type(error).__name__, error.reason, error.signal_name, error.engine, error.step
+        ('InterpreterCrashError', 'signal', 'SIGSEGV', 'tflm', 'invoke')
+    """
     step, engine, file = last_phase if last_phase else (None, None, None)
     file = file or where
     if status == "exception":
@@ -347,7 +385,18 @@ def _signal_name(number: int) -> str:
 
 
 def prefix_model(data: bytes, count: int) -> bytes:
-    """The model cut after its first ``count`` ops (main subgraph), their outputs made the outputs."""
+    """The model cut after its first ``count`` ops (main subgraph), their outputs made the outputs.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, "relu"), keras.layers.Dense(2)])
+        >>> _ = to_tflite(model, "model.tflite", quantization=None)
+        >>> data = open("model.tflite", "rb").read()
+        >>> from tfcompress.export import load_tflite
+        >>> [op.name for op in load_tflite(prefix_model(data, 1)).ops]          # the first FULLY_CONNECTED only
+        ['FULLY_CONNECTED']
+    """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -377,6 +426,20 @@ def find_crashing_op(data: bytes, engine: str, *, timeout: float | None = 60.0,
     Each probe builds, allocates and runs (on zeros) a prefix of the model in a fresh child;
     ``None`` when the whole model does not crash that way (the crash needed the original
     inputs) or the model cannot be cut.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, "relu"), keras.layers.Dense(2)])
+        >>> _ = to_tflite(model, "model.tflite", quantization=None)
+        >>> data = open("model.tflite", "rb").read()
+        >>> def fake_probe(prefix, engine, timeout):                  # "crashes" once the second op is in
+        ...     return len(load_tflite(prefix).ops) >= 2
+        >>> from tfcompress.export import load_tflite
+        >>> find_crashing_op(data, "litert:ref", probe=fake_probe)
+        'FULLY_CONNECTED#1'
+        >>> find_crashing_op(data, "litert:ref", probe=lambda prefix, engine, timeout: False) is None
+        True
     """
     probe = probe or _probe_crashes
     try:
@@ -417,6 +480,15 @@ def probe(data: bytes, engine: str) -> str:
     """Build, allocate and run ``data`` once on zeros with ``engine``, without verifying it.
 
     Only for `find_crashing_op`, on prefixes of a model: returns ``"ok"`` or the error text.
+
+    Example:
+        >>> import keras
+        >>> from tfcompress.export import to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, "relu"), keras.layers.Dense(2)])
+        >>> _ = to_tflite(model, "model.tflite", quantization=None)
+        >>> data = open("model.tflite", "rb").read()
+        >>> probe(data, "litert:ref")
+        'ok'
     """
     import numpy as np
 
@@ -476,7 +548,16 @@ def _probe_arena(data: bytes) -> int:
 
 
 def serve() -> None:
-    """The child's loop: read requests from stdin, answer each on the frame channel, until EOF."""
+    """The child's loop: read requests from stdin, answer each on the frame channel, until EOF.
+
+    Example:
+        :class:`Child` starts ``python -m tfcompress.export._child``, which calls ``serve``; the
+        loop ends when the parent closes its stdin:
+
+        >>> import subprocess, sys
+        >>> subprocess.run([sys.executable, "-m", "tfcompress.export._child"], input=b"", timeout=60).returncode
+        0
+    """
     global _CHANNEL
     channel = os.dup(1)
     os.dup2(2, 1)  # whatever the function prints goes to stderr, not into the frames
