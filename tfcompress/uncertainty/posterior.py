@@ -248,7 +248,7 @@ class Posterior:
             >>> from tfcompress.uncertainty import ensemble
             >>> members = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]) for _ in range(2)]
             >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
-            >>> report = ensemble(members).to_tflite("posterior.tflite", x)
+            >>> report = ensemble(members).to_tflite("posterior.tflite", x, compare_single=False)
             >>> report.members, report.subgraphs, report.int8_coverage, report.outputs
             (2, 1, 1.0, ['probs', 'log_probs', 'total', 'data', 'knowledge'])
         """
@@ -438,7 +438,7 @@ def run_tflite(path: str | os.PathLike | bytes, x: np.ndarray, **runner_kwargs: 
         >>> import keras
         >>> members = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]) for _ in range(2)]
         >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
-        >>> _ = ensemble(members).to_tflite("posterior.tflite", x)
+        >>> _ = ensemble(members).to_tflite("posterior.tflite", x, compare_single=False)
         >>> out = run_tflite("posterior.tflite", x)
         >>> sorted(out), out["knowledge"].shape, bool(np.allclose(out["probs"].sum(-1), 1.0, atol=0.05))
         (['data', 'knowledge', 'log_probs', 'probs', 'total'], (32,), True)
