@@ -215,6 +215,7 @@ def register_criterion(name: str, factory: Callable[[], PruningCriterion]) -> No
         >>> register_criterion("l1_alias", lambda: MagnitudeCriterion("l1"))
         >>> get_criterion("l1_alias").norm
         'l1'
+        >>> del _CRITERIA["l1_alias"]                     # forget the example's name
     """
     _CRITERIA[name] = factory
 
