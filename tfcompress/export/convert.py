@@ -481,8 +481,13 @@ def export_report(parsed: TFLiteModel, path: str, quantization: str | None, io_d
     note names the ops TFLite Micro refuses in int16 (`tfcompress.export.micro.tflm_int16_problems`).
 
     Example:
-        >>> parsed = load_tflite("model.tflite")                                   # doctest: +SKIP
-        >>> export_report(parsed, parsed.path, "int8", "int8", 500, 1.2, [], []).text()  # doctest: +SKIP
+        >>> import keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> _ = to_tflite(model, "model.tflite", "int8", representative_data=np.ones((4, 8), "float32"))
+        >>> parsed = load_tflite("model.tflite")
+        >>> report = export_report(parsed, parsed.path, "int8", "int8", 500, 1.2, [], [])
+        >>> report.ops, report.int8_coverage, report.calibration_samples, report.conversion_seconds
+        ({'FULLY_CONNECTED': 1}, 1.0, 500, 1.2)
     """
     from tfcompress.export.micro import tflm_int16_problems
 
