@@ -277,7 +277,15 @@ def cmd_bench(args) -> int:
         >>> _ = to_tflite(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]), "model.tflite", quantization=None)
         >>> cmd_bench(build_parser().parse_args(["bench", "model.tflite", "--runs", "5", "--warmup", "1", "--in-process",
         ...                                      "--json"]))
-        {...}
+        {
+          "results": [
+            {
+              "path": "model.tflite",
+        ...
+              "runs": 5,
+        ...
+          "warmup": 1,
+        ...
         0
     """
     from tfcompress.export.bench import benchmark
