@@ -293,6 +293,8 @@ def test_prune_budget_errors():
         prune(model, budget=Budget(arena_bytes=4096))
     with pytest.raises(TfcompressError, match="cannot be met"):
         prune(model, budget=Budget(macs=10), verbose=0)  # fc1 and fc2 keep one unit each: 16 + 1 + 4 MACs
+    with pytest.raises(TfcompressError, match="cannot be met"):  # a gradual budget is checked at prune time
+        prune(model, budget=BudgetSchedule(Budget(macs=10), 0, 100), verbose=0)
     with pytest.raises(TfcompressError, match="Budget"):
         prune(model, budget={"macs": 100})
     pruned = prune(model, ConstantSparsity(0.0, 0), "channel", verbose=0)

@@ -371,8 +371,11 @@ def prune(model, schedule: PruningSchedule | None = None, granularity: str | Non
         report.notes.append(f"no layer of {model.name} was wrapped: nothing will be pruned")
     elif budget is not None:
         update_masks(pruned, 0)  # a one-shot budget is met on return; a gradual one starts dense
-        target = get_schedule(schedule).target(0)
-        report.notes.append(f"budget {get_schedule(schedule).budget}: masks chosen for {target} at step 0")
+        final = get_schedule(schedule)
+        if final.target(0) != final.budget:  # gradual: find out now, not in fit, if the floors allow it
+            wrappers = pruning_wrappers(pruned)
+            budget_channel_masks(pruned, wrappers, final.budget, min_keep_fraction=wrappers[0].min_keep_fraction)
+        report.notes.append(f"budget {final.budget}: masks chosen for {final.target(0)} at step 0")
     report.emit(verbose, warn=nothing)
     return attach(pruned, report)
 
