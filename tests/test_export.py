@@ -192,8 +192,8 @@ def test_bad_calibration_data_is_rejected_before_conversion(trained_lenet, tmp_p
 
 def test_argument_errors(trained_lenet, tmp_path):
     with pytest.raises(TfcompressError, match="unknown quantization"):
-        to_tflite(trained_lenet, tmp_path / "m.tflite", "int4")
-    with pytest.raises(TfcompressError, match="needs full-integer"):
+        to_tflite(trained_lenet, tmp_path / "m.tflite", "int3")  # int4 is a mode since issue 22
+    with pytest.raises(TfcompressError, match="does not go with quantization='float16'"):
         to_tflite(trained_lenet, tmp_path / "m.tflite", "float16", io_dtype="int8")
     with pytest.raises(TfcompressError, match="output directory does not exist"):
         to_tflite(trained_lenet, tmp_path / "missing" / "m.tflite", None)

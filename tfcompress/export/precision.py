@@ -410,7 +410,7 @@ def quantize_tflite(
         >>> report.inputs[0].dtype, report.ops
         ('int16', {'FULLY_CONNECTED': 1})
     """
-    from tfcompress.export.convert import check_io_dtype, export_report
+    from tfcompress.export.export_report import check_io_dtype, export_report
 
     if quantization not in FILE_QUANTIZATIONS:
         raise TfcompressError(f"unknown quantization {quantization!r}", "quantization",
