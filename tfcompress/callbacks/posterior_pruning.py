@@ -80,7 +80,7 @@ class PosteriorPruning(keras.callbacks.Callback):
         ...                                     dataset_size=64, verbose=0)
         >>> model.compile("adam", "mse")
         >>> budget = tfcompress.Budget(macs=320)
-        >>> callback = tfcompress.callbacks.PosteriorPruning(budget=budget, frequency=2)
+        >>> callback = tfcompress.callbacks.PosteriorPruning(budget=budget, frequency=4)
         >>> _ = model.fit(np.ones((64, 16)), np.ones((64, 4)), batch_size=8, epochs=2, verbose=0,
         ...               callbacks=[callback])
         >>> budget.check(tfcompress.model_cost(tfcompress.bayesian.strip(model), shrink=True)).met
