@@ -111,9 +111,6 @@ def inline_buffers(source: str | os.PathLike | bytes, output: str | os.PathLike)
             not fit in one flatbuffer (2 GiB).
 
     Example:
-        >>> inline_buffers("quantized.tflite", "quantized_inline.tflite")   # doctest: +SKIP
-
-    Example:
         >>> import keras, numpy as np
         >>> from tfcompress.export import to_tflite
         >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
@@ -123,7 +120,6 @@ def inline_buffers(source: str | os.PathLike | bytes, output: str | os.PathLike)
         >>> inlined.external_buffers, inlined.op_counts() == load_tflite("model.tflite").op_counts()
         ({}, True)
     """
-    import flatbuffers
 
     model = load_tflite(source)
     where = model.path or "<bytes>"
@@ -134,8 +130,17 @@ def inline_buffers(source: str | os.PathLike | bytes, output: str | os.PathLike)
             "keep the buffers stored by offset and run the file on LiteRT (TFLite Micro cannot take it)",
         )
     tree = _schema().ModelT.InitFromPackedBuf(bytearray(model.data), 0)
-    tree.buffers = [_AlignedBuffer(model._buffers.get(i)) for i in range(len(tree.buffers or []))]
-    builder = flatbuffers.Builder(total + 1024)
+    return write_model_tree(tree, [model._buffers.get(i) for i in range(len(tree.buffers or []))], output,
+                            total + 1024)
+
+
+def write_model_tree(tree, buffer_data: list, output: str | os.PathLike, size_hint: int) -> TFLiteModel:
+    """Pack a schema ``ModelT`` with ``buffer_data`` as its buffers (16-byte aligned, inside the
+    flatbuffer), write it atomically and return it validated by `load_tflite`."""
+    import flatbuffers
+
+    tree.buffers = [_AlignedBuffer(raw) for raw in buffer_data]
+    builder = flatbuffers.Builder(size_hint)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     write_bytes_atomic(output, bytes(builder.Output()))
     return load_tflite(output)

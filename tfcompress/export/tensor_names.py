@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import os
 
-from tfcompress._io import write_bytes_atomic
 from tfcompress.errors import InvalidModelFileError
-from tfcompress.export.buffers import _AlignedBuffer, _schema
+from tfcompress.export.buffers import _schema, write_model_tree
 from tfcompress.export.tflite_file import TFLiteModel, load_tflite
 
 __all__ = ["compact_tflite", "strip_tensor_names"]
@@ -70,7 +69,6 @@ def strip_tensor_names(source: str | os.PathLike | bytes, output: str | os.PathL
 
 
 def _rewrite(source, output, *, names: bool, signatures: bool, buffers: bool) -> TFLiteModel:
-    import flatbuffers
     import numpy as np
 
     model = load_tflite(source)
@@ -106,8 +104,4 @@ def _rewrite(source, output, *, names: bool, signatures: bool, buffers: bool) ->
             if tree.metadataBuffer is not None:
                 tree.metadataBuffer = [renumber[int(b)] for b in tree.metadataBuffer]
             data = [None, *(data[i] for i in used)]
-    tree.buffers = [_AlignedBuffer(raw) for raw in data]
-    builder = flatbuffers.Builder(len(model.data) + 1024)
-    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
-    write_bytes_atomic(output, bytes(builder.Output()))
-    return load_tflite(output)
+    return write_model_tree(tree, data, output, len(model.data) + 1024)

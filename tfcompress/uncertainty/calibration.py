@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from tfcompress.errors import TfcompressError
+from tfcompress.uncertainty.predictive import _logsumexp
 
 __all__ = ["fit_temperature", "scale_logits", "tempered_nll"]
 
@@ -167,8 +168,7 @@ def _logit_producer(model):
 
 def _foldable(layer) -> bool:
     linear = getattr(layer, "activation", None) in (None, keras.activations.linear)
-    return isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)) \
-        and not isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)) and linear
+    return isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)) and linear
 
 
 def _is_functional(model) -> bool:
@@ -183,8 +183,3 @@ def _members_last(logits: np.ndarray) -> np.ndarray:
         raise TfcompressError(f"logits must be finite [N, C] or [N, S, C] with C >= 2, got shape {z.shape}",
                               "fit_temperature", "pass the members' float logits (Posterior.member_logits)")
     return z
-
-
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    top = a.max(axis=axis, keepdims=True)
-    return top + np.log(np.exp(a - top).sum(axis=axis, keepdims=True))
