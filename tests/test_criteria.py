@@ -75,6 +75,29 @@ def test_activation_criteria_match_numpy():
             np.testing.assert_allclose(criterion.channel_scores(w), expected(a2), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("cls", [MeanActivation, APoZ, Taylor])
+def test_activation_criteria_on_a_pruned_sequential_equal_the_functional_scores(cls):
+    # a Sequential's layer outputs can belong to another build than its inputs: the probe model
+    # must still be built (it once hit Keras' duplicate-name check) and measure the same numbers
+    functional, x, y = model_and_data()
+    layers = [keras.layers.Conv2D(5, 3, activation="relu", name="conv"), keras.layers.Flatten(),
+              keras.layers.Dense(7, activation="relu", name="fc"), keras.layers.Dense(3, name="out")]
+    sequential = keras.Sequential([keras.Input((6, 6, 2)), *layers])
+    sequential.set_weights(functional.get_weights())
+    scores = []
+    for model in (functional, sequential):
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        criterion = cls((x, y), num_batches=1, batch_size=32)
+        pruned = prune(model, ConstantSparsity(0.5, 0), granularity="channel", criterion=criterion,
+                       layers={"conv": {}, "fc": {}}, verbose=0)
+        pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        update_masks(pruned, 0)
+        scores.append({w.layer.name: criterion.channel_scores(w) for w in pruning_wrappers(pruned)})
+    assert isinstance(pruned, keras.Sequential)
+    for name in ("conv", "fc"):
+        np.testing.assert_allclose(scores[1][name], scores[0][name], rtol=1e-6)
+
+
 def test_flops_regularized_saliency_subtracts_normalized_flops():
     _, _, taylor, wrappers, _, _ = prepared(Taylor)
     _, _, flops, wrappers2, _, _ = prepared(FLOPsTaylor, flops_weight=0.5)

@@ -185,7 +185,12 @@ class _ActivationCriterion(_DataCriterion):
             raise TfcompressError("activation criteria need the pruned layers at the top level of the model",
                                   model.name, "flatten nested models, or use a weight criterion")
         points = self.probe_points(model, top)
-        probe = keras.Model(model.inputs, [p.output for p in points] + list(model.outputs))
+        # the tensors of one traced graph: a Sequential's layer.output can belong to an earlier
+        # build than model.inputs (two input layers of one name, which keras.Model refuses)
+        graph = trace(model, where=type(self).__name__)
+        tensors = [graph.tensors[graph.nodes_of(p)[0].output] for p in points]
+        probe = keras.Model([graph.tensors[t] for t in graph.inputs],
+                            tensors + [graph.tensors[t] for t in graph.outputs])
         sums: dict[str, np.ndarray] = {}
         count = 0
         for xb, yb in _batches(self.data, self.num_batches, self.batch_size, self.seed):
