@@ -95,7 +95,14 @@ def main() -> None:
 
     import numpy as np
 
-    from tfcompress.export import compare, evaluate, load_tflite, quantize_tflite, to_tflite
+    from tfcompress.export import (
+        compare,
+        evaluate,
+        load_tflite,
+        mixed_precision,
+        quantize_tflite,
+        to_tflite,
+    )
 
     data = common.load_data(args.limit)
     model = common.cached_dense_lenet(data, args.epochs, None if args.limit else common.EXPLORE_DIR)
@@ -113,6 +120,11 @@ def main() -> None:
         to_tflite(model, path, mode, representative_data=None if mode == "int4_weight_only" else calib,
                   precision=precision)
         files[name] = (path, f"to_tflite({mode!r}" + (f", precision={precision}" if precision else "") + ")")
+    # mixed int4 / int8 to half the int8 file, chosen by the ZeroQ-style search
+    mixed = mixed_precision(model, out / "mixed_half.tflite", calib, fraction_of_int8=0.5)
+    int4_ops = ", ".join(row["op"] for row in mixed.layers if row["int4"])
+    files["mixed int4 / int8 to 50% of int8"] = (out / "mixed_half.tflite",
+                                                 f"mixed_precision(fraction_of_int8=0.5): int4 on {int4_ops}")
     for mode in ("int8", "int16x8"):
         path = out / f"from_file_{mode}.tflite"
         quantize_tflite(float_path, path, calib, mode)

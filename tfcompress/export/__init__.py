@@ -7,6 +7,7 @@ from tfcompress.export.compare import ComparisonReport, LayerError, compare
 from tfcompress.export.convert import ExportReport, load_keras_model, to_tflite
 from tfcompress.export.edgetpu import EdgeTPUReport, edgetpu_report
 from tfcompress.export.micro import MicroReport, to_micro
+from tfcompress.export.mixed_precision import MixedPrecisionReport, mixed_precision
 from tfcompress.export.precision import PrecisionError, quantize_tflite
 from tfcompress.export.runtime import Agreement, Evaluation, ModelRunner, agreement, evaluate
 from tfcompress.export.tensor_names import compact_tflite, strip_tensor_names
@@ -18,6 +19,7 @@ __all__ = [
     "ComparisonReport",
     "EdgeTPUReport",
     "MicroReport",
+    "MixedPrecisionReport",
     "Evaluation",
     "LayerError",
     "ExportReport",
@@ -36,6 +38,7 @@ __all__ = [
     "load_calibration_file",
     "load_keras_model",
     "load_tflite",
+    "mixed_precision",
     "offset_buffers",
     "quantize_tflite",
     "representative_samples",

@@ -17,7 +17,12 @@ from pathlib import Path
 
 from tfcompress._backend import require_tensorflow_backend
 from tfcompress._io import write_bytes_atomic
-from tfcompress.errors import ConversionError, FloatFallbackError, TfcompressError
+from tfcompress.errors import (
+    ConversionError,
+    FloatFallbackError,
+    InvalidModelFileError,
+    TfcompressError,
+)
 from tfcompress.export.calibration import converter_dataset, representative_samples
 from tfcompress.export.export_report import (  # noqa: F401  (re-exported: the names' old home)
     DEFAULT_CALIBRATION_SAMPLES,
@@ -48,7 +53,7 @@ def load_keras_model(path: str | os.PathLike):
         >>> load_keras_model("missing.keras")
         Traceback (most recent call last):
         ...
-        tfcompress.errors.TfcompressError: missing.keras: file not found Fix: check the path
+        tfcompress.errors.InvalidModelFileError: missing.keras: file not found Fix: check the path
     """
     import zipfile
 
@@ -58,7 +63,7 @@ def load_keras_model(path: str | os.PathLike):
 
     p = Path(path)
     if not p.exists():
-        raise TfcompressError("file not found", str(p), "check the path")
+        raise InvalidModelFileError("file not found", str(p), "check the path")
     if p.suffix != ".keras" or not zipfile.is_zipfile(p):
         raise TfcompressError(
             "not a Keras 3 .keras model file",
@@ -189,6 +194,7 @@ def to_tflite(
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
     dense_as_conv: bool = False,
     precision: Mapping[str, str] | None = None,
+    int4_clipping: str = "max",
 ) -> ExportReport:
     """Convert a Keras 3 model to a `.tflite` file and check what came out.
 
@@ -224,6 +230,9 @@ def to_tflite(
             "int4" | "int8"}`` (Dense / Conv2D layers, found in the file by their kernels),
             with ``quantization="int8"`` or ``"int4"``: e.g. ``precision={"fc1": "int4"}``
             keeps every other layer int8. The base the mixed-precision search builds on.
+        int4_clipping: how int4 weight ranges are chosen: ``"max"`` (default) the largest
+            magnitude, as ai-edge-quantizer does; ``"mse"`` the threshold of least squared error
+            per range (`tfcompress.export.precision.mse_clip_threshold`).
 
     For ``"int16x8"`` the report's ``notes`` and ``layers`` name the ops TFLite Micro refuses
     in int16 or runs with other numbers (`tfcompress.export.micro.tflm_int16_problems`).
@@ -320,7 +329,8 @@ def to_tflite(
                 str(target), "check that every layer has a TFLite builtin equivalent") from None
         report = quantize_tflite(flatbuffer, target, representative_data, quantization, io_dtype=io_dtype,
                                  precision=precision, calibration_samples=calibration_samples,
-                                 allow_float_fallback=allow_float_fallback, _keras_model=model)
+                                 allow_float_fallback=allow_float_fallback, int4_clipping=int4_clipping,
+                                 _keras_model=model)
         report.notes = notes + report.notes
         return report
     if quantization in INTEGER_MODES:
