@@ -194,3 +194,10 @@ def test_digits_bad_fraction_and_missing_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(DatasetDependencyError, match=r"pip install tfcompress\[digits\]"):
         digits()
+
+
+def test_read_idx_of_a_missing_file_says_not_found_not_truncated(tmp_path):
+    for name in ("absent-idx1-ubyte", "absent-idx1-ubyte.gz"):
+        with pytest.raises(DatasetFormatError, match="file not found") as info:
+            read_idx(tmp_path / name)
+        assert "truncated" not in str(info.value) and name in str(info.value)

@@ -222,3 +222,11 @@ def test_export_needs_the_tensorflow_backend(monkeypatch, trained_lenet, tmp_pat
     with pytest.raises(BackendError, match="KERAS_BACKEND=tensorflow"):
         to_tflite(trained_lenet, tmp_path / "x.tflite", None)
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_load_keras_model_of_a_missing_file_is_an_invalid_model_file_error(tmp_path):
+    from tfcompress.errors import InvalidModelFileError
+    from tfcompress.export import load_keras_model
+
+    with pytest.raises(InvalidModelFileError, match="file not found"):
+        load_keras_model(tmp_path / "missing.keras")

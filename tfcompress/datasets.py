@@ -255,6 +255,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     fix = "delete it and copy the original file again (or reinstall dataset-fashion-mnist)"
+    if not path.is_file():
+        raise DatasetFormatError("file not found", str(path),
+                                 "check the path (apt-get install dataset-fashion-mnist provides the Fashion-MNIST files)")
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as handle:
