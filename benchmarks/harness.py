@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -70,7 +71,8 @@ def record(name: str, title: str, columns: list[str], rows: list[dict], notes: l
            extra: dict | None = None, figures: list[Path] | None = None) -> Path:
     """Write benchmarks/results/NAME.json and re-render RESULTS.md.
 
-    ``figures``: PNGs written with `figure_path`, shown under the table in RESULTS.md and the README.
+    ``figures``: PNGs written with `figure_path`, shown under the table in RESULTS.md and the README;
+    without them, the figures benchmarks/figures.py registers for ``name`` are drawn from ``rows``.
     """
     from tfcompress._io import write_text_atomic
 
@@ -90,6 +92,8 @@ def record(name: str, title: str, columns: list[str], rows: list[dict], notes: l
         "extra": extra or {},
         "figures": [Path(f).name for f in figures or []],
     }
+    if not figures:  # every rerun redraws the table's plot, so it never shows older numbers than the table
+        payload["figures"] = [p.name for p in registered_figures(payload, out_dir)]
     path = out_dir / f"{name}.json"
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
     if smoke:
@@ -98,6 +102,25 @@ def record(name: str, title: str, columns: list[str], rows: list[dict], notes: l
     else:
         render()
     return path
+
+
+def registered_figures(payload: dict, out_dir: Path) -> list[Path]:
+    """The PNGs benchmarks/figures.py registers for ``payload["name"]``, drawn into ``out_dir`` from
+    the payload as the JSON stores it; [] for a name it does not register.
+
+    A figure that cannot be drawn (no matplotlib, no numeric row) is reported and skipped: it never
+    costs a benchmark its results.
+    """
+    # by path, not `import figures`: the scripts put benchmarks/ on sys.path, a test loading this
+    # module by path does not
+    spec = importlib.util.spec_from_file_location("_benchmark_figures", HERE / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        return module.draw(json.loads(json.dumps(payload, default=str)), out_dir)
+    except Exception as exc:  # a plot is extra; the numbers are the result
+        print(f"{payload.get('name')}: no figure drawn ({type(exc).__name__}: {exc})")
+        return []
 
 
 def is_smoke_run(argv: list[str] | None = None) -> bool:
