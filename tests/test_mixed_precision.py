@@ -1,4 +1,4 @@
-"""Mixed int4 / int8 weights to a file-size budget (tfcompress.export.mixed_precision)."""
+"""Mixed int4 / int8 weights to a file-size budget (tfcompress.export.precision_search)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("ai_edge_quantizer")
 
 from tfcompress.export import load_tflite, mixed_precision, quantize_tflite, to_micro, to_tflite  # noqa: E402
-from tfcompress.export.mixed_precision import choose_int4, output_noise  # noqa: E402
 from tfcompress.export.precision import PrecisionError  # noqa: E402
+from tfcompress.export.precision_search import choose_int4, output_noise  # noqa: E402
 
 
 def _litert_outputs(path, x):

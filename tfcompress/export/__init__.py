@@ -7,8 +7,8 @@ from tfcompress.export.compare import ComparisonReport, LayerError, compare
 from tfcompress.export.convert import ExportReport, load_keras_model, to_tflite
 from tfcompress.export.edgetpu import EdgeTPUReport, edgetpu_report
 from tfcompress.export.micro import MicroReport, to_micro
-from tfcompress.export.mixed_precision import MixedPrecisionReport, mixed_precision
 from tfcompress.export.precision import PrecisionError, quantize_tflite
+from tfcompress.export.precision_search import MixedPrecisionReport, mixed_precision
 from tfcompress.export.runtime import Agreement, Evaluation, ModelRunner, agreement, evaluate
 from tfcompress.export.tensor_names import compact_tflite, strip_tensor_names
 from tfcompress.export.tflite_file import TFLiteModel, gzip_size, load_tflite, validate_tflite
