@@ -227,7 +227,10 @@ def trained_worker(name: str, args, tmp: Path) -> dict:
     except Exception as exc:  # each step's failure is a cell of the table
         row["PTQ int8 (LiteRT)"] = f"error: {_error(exc)}"
     try:  # QAT: fine-tune the float model's quantization-aware copy
-        qat = _compile(tfcompress.quantize(model, verbose=0), args.lr / 10)
+        # fine-tuned as the float model was trained, lr decayed to 0 along a cosine (a constant
+        # lr / 10 cost ResNet-8 1.6 points against this schedule, benchmarks/NOTES.md)
+        qat_steps = steps_per_epoch * args.qat_epochs
+        qat = _compile(tfcompress.quantize(model, verbose=0), args.lr / 10, qat_steps)
         started = time.perf_counter()
         qat.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.qat_epochs, verbose=2)
         row["QAT s/epoch"] = round((time.perf_counter() - started) / args.qat_epochs, 1)
@@ -245,7 +248,7 @@ def trained_worker(name: str, args, tmp: Path) -> dict:
         recalibrate_batchnorm(plain, x_train[:2000])
         small, report = tfcompress.shrink(plain, return_report=True)
         row["pruned MAC ratio"] = round(report.macs_after / report.macs_before, 3)
-        pqat = _compile(tfcompress.quantize(small, verbose=0), args.lr / 10)
+        pqat = _compile(tfcompress.quantize(small, verbose=0), args.lr / 10, steps_per_epoch * args.qat_epochs)
         pqat.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.qat_epochs, verbose=2)
         row["pruned 50% + QAT int8 (LiteRT)"], _ = _litert_accuracy(pqat, tmp / "pqat.tflite", None, x_test, y_test)
     except Exception as exc:
@@ -501,7 +504,7 @@ def main(argv=None) -> None:
         f"{args.batch_size}: {args.epochs} float epochs, Adam {args.lr} decayed to 0 along a cosine, then the "
         "BatchNormalization statistics re-estimated on 2,000 training images (recalibrate_batchnorm; the "
         "moving averages lag the weights after so few steps); QAT: quantize(float model) fine-tuned "
-        f"{args.qat_epochs} epoch(s) at {args.lr / 10:g}; pruned: channel pruning to 50% along PolynomialDecay "
+        f"{args.qat_epochs} epoch(s) from {args.lr / 10:g} decayed to 0 along a cosine; pruned: channel pruning to 50% along PolynomialDecay "
         f"during {args.prune_epochs} epoch(s) at {args.lr / 3:g} (UpdatePruning), strip, BN statistics "
         "re-estimated, shrink, then QAT as above.",
         "Accuracies of int8 files on LiteRT (XNNPACK, 1 thread) on the test subset; PTQ calibrated on 200 "

@@ -101,7 +101,10 @@ def trained(zoo, tf, tfmot, job: dict, kwargs: dict, spec: dict) -> dict:
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         result["float_accuracy_tf_keras"] = round(float(model.evaluate(x_test, y_test, verbose=0, batch_size=256)[1]), 4)
         qat = tfmot.quantization.keras.quantize_model(model)
-        qat.compile(optimizer=tf_keras.optimizers.Adam(spec["lr"]), loss="sparse_categorical_crossentropy",
+        # the same schedule as our QAT: lr decayed to 0 along a cosine over the QAT epochs
+        steps = int(np.ceil(len(x_train) / spec["batch_size"])) * spec["epochs"]
+        rate = tf_keras.optimizers.schedules.CosineDecay(spec["lr"], steps)
+        qat.compile(optimizer=tf_keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy",
                     metrics=["accuracy"])
         qat.fit(x_train, y_train, batch_size=spec["batch_size"], epochs=spec["epochs"], verbose=2)
         flatbuffer = convert_int8(tf, qat, x_train[:200])

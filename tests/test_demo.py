@@ -51,7 +51,7 @@ def test_readme_commands_install_what_they_run():
     needed = {"tflite-micro", "scikit-learn"}
     have = {re.split(r"[<>=!~ ]", req)[0] for name in demo.group(1).split(",") for req in extras[name]}
     assert needed <= have, needed - have
-    test_command = re.search(r"^(python -m pip install (?:-c constraints-newest\.txt )?-e \"\.\[test\]\" && .+pytest.*)$",
+    test_command = re.search(r"^(python -m pip install (?:-c constraints-newest\.txt )?-e \"\.\[test(?:,int4)?\]\" && .+pytest.*)$",
                              readme, re.M)
     assert test_command and test_command.group(1) in (root / ".ci" / "run").read_text()
 
