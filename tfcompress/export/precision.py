@@ -191,11 +191,11 @@ def ops_by_tensor_name(model: TFLiteModel, precision: Mapping[str, str]) -> dict
         ...                                 keras.layers.Flatten(), keras.layers.Dense(2, name="fc1")])
         >>> _ = to_tflite(keras_model, "float.tflite", quantization=None)
         >>> model = load_tflite("float.tflite")
-        >>> index, op, output, weight = weight_ops(model)[-1]
-        >>> index, op, weight
-        (2, 'FULLY_CONNECTED', '...fc1...')
-        >>> ops_by_tensor_name(model, {weight: "int4"})
-        {2: 'int4'}
+        >>> index, op, output, weight = weight_ops(model)[0]
+        >>> index, op, "conv" in output                # an inner op's output is named after its layer
+        (0, 'CONV_2D', True)
+        >>> ops_by_tensor_name(model, {output: "int4"}) == ops_by_tensor_name(model, {weight: "int4"}) == {0: "int4"}
+        True
         >>> ops_by_tensor_name(model, {"no/such/tensor": "int4"})
         Traceback (most recent call last):
         ...
