@@ -231,3 +231,30 @@ def test_load_keras_model_of_a_missing_file_is_an_invalid_model_file_error(tmp_p
 
     with pytest.raises(InvalidModelFileError, match="file not found"):
         load_keras_model(tmp_path / "missing.keras")
+
+
+def test_the_converters_own_freezing_is_the_fallback_and_writes_the_same_model(tmp_path, monkeypatch):
+    # to_tflite freezes the variables itself; when that fails (a graph past protobuf's 2 GiB)
+    # the converter freezes them as before: same ops, tensors and outputs
+    from tensorflow.python.framework import convert_to_constants
+
+    from tfcompress.export import ModelRunner
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(4)])
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 1)).astype("float32")
+    to_tflite(model, tmp_path / "frozen.tflite", "int8", representative_data=x)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("graph too large")
+
+    monkeypatch.setattr(convert_to_constants, "convert_variables_to_constants_v2", refuse)
+    to_tflite(model, tmp_path / "fallback.tflite", "int8", representative_data=x)
+    a, b = load_tflite(tmp_path / "frozen.tflite"), load_tflite(tmp_path / "fallback.tflite")
+    assert a.op_counts() == b.op_counts()
+    assert [(t.dtype, t.shape, t.quantization) for t in a.tensors[0]] == [(t.dtype, t.shape, t.quantization)
+                                                                          for t in b.tensors[0]]
+    assert b.outputs[0].name.startswith("StatefulPartitionedCall")      # the converter's own path ran
+    np.testing.assert_array_equal(ModelRunner(tmp_path / "frozen.tflite", delegate="none").predict(x),
+                                  ModelRunner(tmp_path / "fallback.tflite", delegate="none").predict(x))
