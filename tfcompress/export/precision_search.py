@@ -66,6 +66,12 @@ class MixedPrecisionReport:
             and that of the written file.
         export: the written file's `ExportReport`.
         seconds: the whole search, every quantization included.
+
+    Example:
+        >>> report = MixedPrecisionReport(precision={"fc1/MatMul": "int4"}, int8_bytes=450_464,
+        ...                               target_bytes=225_232, file_bytes=223_192)
+        >>> report.file_bytes <= report.target_bytes, round(report.file_bytes / report.int8_bytes, 4)
+        (True, 0.4955)
     """
 
     precision: dict[str, str]
