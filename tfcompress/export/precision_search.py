@@ -44,8 +44,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress._io import write_bytes_atomic
+from tfcompress.export.calibration import representative_samples
 from tfcompress.export.export_report import ExportReport
-from tfcompress.export.precision import INT4_OPS, PrecisionError, quantize_tflite, weight_ops
+from tfcompress.export.precision import (
+    INT4_OPS,
+    PrecisionError,
+    _file_specs,
+    quantize_tflite,
+    weight_ops,
+)
 from tfcompress.export.tflite_file import load_tflite
 
 
@@ -204,8 +212,6 @@ def mixed_precision(
         >>> [row["int4"] for row in report.layers], report.file_bytes <= report.target_bytes
         ([True, False], True)
     """
-    from tfcompress.export.calibration import representative_samples
-
     started = time.perf_counter()
     if (file_bytes is None) == (fraction_of_int8 is None):
         raise PrecisionError("give exactly one of file_bytes and fraction_of_int8", "mixed_precision",
@@ -237,8 +243,6 @@ def mixed_precision(
         if not candidates:
             raise PrecisionError("the model has no FULLY_CONNECTED or CONV_2D op to take int4 weights",
                                  "mixed_precision", "use quantization='int8'")
-        from tfcompress.export.precision import _file_specs
-
         if len(model.inputs) != 1:
             raise PrecisionError(f"mixed_precision measures single-input models; this one has {len(model.inputs)}",
                                  "mixed_precision", "pass precision={tensor name: 'int4'} to quantize_tflite by hand")
@@ -247,15 +251,12 @@ def mixed_precision(
         probe = samples[:sensitivity_samples]
         reference = _outputs(float_data, probe)
 
-        def write(precision: Mapping[str, str], name: str) -> tuple[int, float, ExportReport]:
+        def write(precision: Mapping[str, str], name: str) -> tuple[bytes, float, ExportReport]:
             path = work / name
-            if precision:
-                report = quantize_tflite(float_data, path, samples, "int8", precision=dict(precision),
-                                         calibration_samples=calibration_samples, int4_clipping=int4_clipping)
-            else:
-                report = quantize_tflite(float_data, path, samples, "int8", calibration_samples=calibration_samples)
+            report = quantize_tflite(float_data, path, samples, "int8", precision=dict(precision) or None,
+                                     calibration_samples=calibration_samples, int4_clipping=int4_clipping)
             data = path.read_bytes()
-            return len(data), output_noise(_outputs(data, probe), reference), report
+            return data, output_noise(_outputs(data, probe), reference), report
 
         if keras_model is not None:
             # the int8 file the user compares with: to_tflite's (the same tensors as the float
@@ -265,18 +266,20 @@ def mixed_precision(
             data = (work / "int8.tflite").read_bytes()
             int8_bytes, int8_noise = len(data), output_noise(_outputs(data, probe), reference)
         else:
-            int8_bytes, int8_noise, _ = write({}, "int8.tflite")
+            data, int8_noise, _ = write({}, "int8.tflite")
+            int8_bytes = len(data)
         target = int(file_bytes) if file_bytes is not None else int(np.floor(float(fraction_of_int8) * int8_bytes))
         rows = []
         for index, op, out in candidates:
-            size, noise, _ = write({out: "int4"}, f"op{index}.tflite")
-            rows.append({"op": f"{op}#{index}", "tensor": out, "saving_bytes": int8_bytes - size,
+            data, noise, _ = write({out: "int4"}, f"op{index}.tflite")
+            rows.append({"op": f"{op}#{index}", "tensor": out, "saving_bytes": int8_bytes - len(data),
                          "sensitivity": max(noise - int8_noise, 0.0), "int4": False})
         chosen = set(choose_int4([r["saving_bytes"] for r in rows], [r["sensitivity"] for r in rows],
                                  int8_bytes - target)) if target < int8_bytes else set()
         while True:
             precision = {rows[i]["tensor"]: "int4" for i in sorted(chosen)}
-            size, noise, report = write(precision, "mixed.tflite")
+            data, noise, report = write(precision, "mixed.tflite")
+            size = len(data)
             if size <= target:
                 break
             rest = [i for i in range(len(rows)) if i not in chosen and rows[i]["saving_bytes"] > 0]
@@ -287,9 +290,7 @@ def mixed_precision(
             chosen.add(min(rest, key=lambda i: rows[i]["sensitivity"] / rows[i]["saving_bytes"]))
         for i in chosen:
             rows[i]["int4"] = True
-        from tfcompress._io import write_bytes_atomic
-
-        write_bytes_atomic(out_path, (work / "mixed.tflite").read_bytes())
+        write_bytes_atomic(out_path, data)
     report.path = str(out_path)
     return MixedPrecisionReport(
         precision=precision, layers=rows, int8_bytes=int8_bytes, target_bytes=target, file_bytes=size,
