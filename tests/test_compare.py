@@ -153,3 +153,29 @@ def test_cli_inspect_compare(cnn, capsys):
     assert "worst first" in capsys.readouterr().out
     assert main(["inspect", str(paths["good"]), "--compare", str(paths["float"])]) == 1
     assert "--compare needs --samples" in capsys.readouterr().err
+
+
+def test_cli_inspect_plot(cnn, capsys, tmp_path):
+    """`inspect --plot`: the per-layer error chart with --compare, the bytes per op without; both PNGs."""
+    pytest.importorskip("matplotlib")
+    from tfcompress.plots import _op_constant_bytes
+
+    _, _, paths, root = cnn
+    errors, sizes = tmp_path / "errors.png", tmp_path / "bytes.png"
+    assert main(["inspect", str(paths["bad"]), "--compare", str(paths["float"]), "--samples",
+                 str(root / "calib.npz"), "--in-process", "--plot", str(errors), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == str(errors)
+    assert main(["inspect", str(paths["good"]), "--plot", str(sizes)]) == 0
+    assert f"plot           {sizes}" in capsys.readouterr().out
+    for png in (errors, sizes):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # the bars are the file's own constants: every weight and bias byte, each counted once
+    model = load_tflite(paths["good"])
+    bars = _op_constant_bytes(model)
+    assert [label for label, _ in bars] == [f"#{op.index} {op.name}" for op in model.ops]
+    assert sum(sum(b.values()) for _, b in bars) == model.weight_stats()["weight_bytes"]
+    conv = next(b for label, b in bars if label.endswith("CONV_2D"))
+    assert set(conv) == {"int8", "int32"}  # int8 filter, int32 bias
+    # a plot the user asked for and cannot get is an error, not a silent skip
+    assert main(["inspect", str(paths["good"]), "--plot", str(tmp_path / "missing" / "x.png")]) == 1
+    assert not (tmp_path / "missing").exists()

@@ -187,7 +187,10 @@ def cmd_inspect(args) -> int:
         readiness = edgetpu_report(model, compiler="off")
     except ImportError:  # pragma: no cover - module always shipped
         readiness = None
+    plotted = _plot(args, model, comparison) if args.plot else None
     if args.json:
+        if plotted is not None:
+            summary["plot"] = plotted
         if readiness is not None:
             summary["edgetpu"] = readiness.to_dict()
         summary["tensors"] = [
@@ -236,7 +239,18 @@ def cmd_inspect(args) -> int:
         print(f"  edge tpu       {readiness.one_line()}")
     if comparison is not None:
         print(comparison.text())
+    if plotted is not None:
+        print(f"  plot           {plotted}")
     return EXIT_OK
+
+
+def _plot(args, model, comparison) -> str:
+    """`inspect --plot`: the per-layer error chart of --compare, else where the file's bytes are."""
+    from tfcompress import plots
+
+    if comparison is not None:
+        return plots.layer_error_plot(comparison, args.plot, title=f"{args.model} against {args.compare}")
+    return plots.op_bytes_plot(model, args.plot, title=f"{args.model}: {model.size_bytes:,} bytes")
 
 
 def _compare(args):
@@ -471,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe a .tflite file without running it (the file is validated first); --compare runs it "
         "and its float reference on --samples for the per-layer error.",
         epilog="example:\n  tfcompress inspect model.tflite\n  tfcompress inspect model.tflite --json\n"
-        "  tfcompress inspect int8.tflite --compare float.tflite --samples calib.npz",
+        "  tfcompress inspect int8.tflite --compare float.tflite --samples calib.npz\n"
+        "  tfcompress inspect int8.tflite --compare float.tflite --samples calib.npz --plot errors.png",
     )
     p.add_argument("model", help="the .tflite file")
     p.add_argument("--compare", metavar="REFERENCE",
@@ -479,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "each layer's SNR, cosine and error in LSB, worst first")
     p.add_argument("--samples", metavar="NPZ", help="inputs for --compare (.npz key 'x', or .npy)")
     p.add_argument("--in-process", action="store_true", help=_IN_PROCESS_HELP)
+    p.add_argument("--plot", metavar="PNG",
+                   help="write a chart: the per-layer error with --compare, else the constant bytes per op "
+                        "(needs matplotlib: pip install \"tfcompress[plot]\")")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(

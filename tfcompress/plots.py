@@ -15,7 +15,7 @@ import numpy as np
 from tfcompress._io import write_bytes_atomic
 from tfcompress.errors import TfcompressError
 
-__all__ = ["pareto_plot", "rejection_plot", "reliability_plot"]
+__all__ = ["layer_error_plot", "op_bytes_plot", "pareto_plot", "rejection_plot", "reliability_plot"]
 
 
 def _pyplot():
@@ -131,3 +131,108 @@ def pareto_plot(rows: Sequence[Mapping], x: str, y: str, path: str | os.PathLike
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def layer_error_plot(report, path: str | os.PathLike, *, title: str = "") -> str:
+    """Where a quantized file loses accuracy: SNR of every op output in op order, max error in LSB.
+
+    The per-layer error chart of `tfcompress.export.compare` (``tfcompress inspect FILE --compare
+    REFERENCE --samples S --plot PNG``): bars are each op output's signal-to-noise ratio in dB
+    against the float reference (low is bad), the line its largest error in LSB of its own scale.
+
+    Args:
+        report: a `tfcompress.export.ComparisonReport` (anything with ``.layers`` of `LayerError`).
+        path: the PNG to write.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import compare, to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(3)])
+        >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> _ = to_tflite(model, "int8.tflite", "int8", representative_data=x)
+        >>> layer_error_plot(compare(model, "int8.tflite", x[:8]), "/tmp/layer_error.png")
+        '/tmp/layer_error.png'
+    """
+    layers = list(getattr(report, "layers", ()))
+    if not layers:
+        raise TfcompressError("the comparison has no layer to plot", "layer_error_plot",
+                              "compare files that share op outputs (tfcompress.export.compare)")
+    finite = [lay.snr_db for lay in layers if np.isfinite(lay.snr_db)]
+    ceiling = (max(finite) if finite else 60.0) + 10.0  # an exact tensor (SNR inf) drawn above the rest
+    snr = [lay.snr_db if np.isfinite(lay.snr_db) else ceiling for lay in layers]
+    labels = [f"#{lay.op_index} {lay.op}" for lay in layers]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(layers) + 2), 4))
+    positions = np.arange(len(layers))
+    ax.bar(positions, snr, color=["C2" if not np.isfinite(lay.snr_db) else "C0" for lay in layers])
+    ax.set_ylabel("SNR (dB, higher is better)")
+    ax.set_xticks(positions, labels, rotation=90, fontsize=6)
+    lsb = ax.twinx()
+    lsb.plot(positions, [lay.max_abs_error_lsb for lay in layers], color="C3", marker=".", linewidth=1)
+    lsb.set_ylabel("max |error| (LSB)", color="C3")
+    ax.set_title(title or f"per-layer error, {getattr(report, 'num_samples', '?')} sample(s)")
+    ax.grid(axis="y", alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def op_bytes_plot(model, path: str | os.PathLike, *, title: str = "") -> str:
+    """Where a `.tflite` file's bytes are: the constant bytes each op reads, coloured by their type.
+
+    ``tfcompress inspect FILE --plot PNG`` draws it; a tensor shared by several ops counts once,
+    at the first op that reads it.
+
+    Args:
+        model: a `tfcompress.export.TFLiteModel` (`load_tflite`).
+        path: the PNG to write.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import load_tflite, to_tflite
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.Dense(3)])
+        >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        >>> _ = to_tflite(model, "int8.tflite", "int8", representative_data=x)
+        >>> op_bytes_plot(load_tflite("int8.tflite"), "/tmp/op_bytes.png")
+        '/tmp/op_bytes.png'
+    """
+    bars = _op_constant_bytes(model)
+    if not bars:
+        raise TfcompressError("the file has no op to plot", "op_bytes_plot", "pass a converted .tflite file")
+    dtypes = sorted({d for _, by_type in bars for d in by_type})
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(bars) + 2), 4))
+    positions = np.arange(len(bars))
+    bottom = np.zeros(len(bars))
+    for k, dtype in enumerate(dtypes):
+        heights = np.array([by_type.get(dtype, 0) for _, by_type in bars], dtype=float)
+        ax.bar(positions, heights, bottom=bottom, color=f"C{k}", label=dtype)
+        bottom += heights
+    ax.set_xticks(positions, [name for name, _ in bars], rotation=90, fontsize=6)
+    ax.set_ylabel("constant bytes")
+    ax.set_title(title or f"{model.size_bytes:,} bytes in the file, {int(bottom.sum()):,} in constants")
+    if dtypes:
+        ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _op_constant_bytes(model) -> list[tuple[str, dict[str, int]]]:
+    """Per op, in order: its label and the bytes of the constants it is the first to read, by type."""
+    seen: set[tuple[int, int]] = set()
+    bars: list[tuple[str, dict[str, int]]] = []
+    for op in model.ops:
+        by_type: dict[str, int] = {}
+        for i in op.inputs:
+            if i < 0 or (op.subgraph, i) in seen:
+                continue
+            t = model.tensor(i, op.subgraph)
+            if t.constant and t.nbytes:
+                seen.add((op.subgraph, i))
+                by_type[t.dtype.lower()] = by_type.get(t.dtype.lower(), 0) + t.nbytes
+        bars.append((f"#{op.index} {op.name}", by_type))
+    return bars
