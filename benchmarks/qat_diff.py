@@ -215,6 +215,14 @@ def output_agreement(qat, path: Path, x: np.ndarray, tflm: bool = True, arena: i
         lsb = np.abs(ModelRunner(path, **kwargs).predict(x) - keras_out) / scale
         result.update({f"{label}_within_1lsb": float((lsb <= 1.001).mean()), f"{label}_exact": float((lsb < 0.5).mean()),
                        f"{label}_max_lsb": float(lsb.max())})
+    # XNNPACK against the QAT model computing XNNPACK's own int8 arithmetic (x86-64)
+    from tfcompress.quantization import kernel_arithmetic
+
+    with kernel_arithmetic("xnnpack", qat):
+        emulated = qat.predict(x, verbose=0)
+    lsb = np.abs(ModelRunner(path).predict(x) - emulated) / scale
+    result.update({"xnnpack_arith_within_1lsb": float((lsb <= 1.001).mean()),
+                   "xnnpack_arith_exact": float((lsb < 0.5).mean()), "xnnpack_arith_max_lsb": float(lsb.max())})
     if tflm:
         with tempfile.TemporaryDirectory() as tmp:
             xs = str(Path(tmp) / "x.npy")
@@ -290,6 +298,12 @@ def _requantization_check(parsed, x: np.ndarray, outputs: dict) -> dict:
             "disagreements_max_distance_to_half_lsb": float(apart.max()) if apart.size else None}
 
 
+def _levels(qat, inputs, scale, zero, shape):
+    """The QAT model's output levels on each sample of ``inputs``."""
+    return np.stack([np.round(np.asarray(qat(x if len(x) > 1 else x[0], training=False)) / scale) + zero
+                     for x in inputs]).astype(np.int64).reshape(shape)
+
+
 def kernel_table(samples: int = 64, out: Path | None = None) -> list[dict]:
     """For every single-op model: the fraction of int8 outputs on which LiteRT's XNNPACK, LiteRT's
     builtin (optimized) kernels and TFLM differ from LiteRT's reference kernels, and from the QAT
@@ -298,6 +312,7 @@ def kernel_table(samples: int = 64, out: Path | None = None) -> list[dict]:
     import tfcompress.export
     from tfcompress.export.micro import make_tflm_interpreter
     from tfcompress.export.runtime import ModelRunner
+    from tfcompress.quantization import kernel_arithmetic
 
     out = out or Path(tempfile.mkdtemp(prefix="qat_kernels_"))
     rng = np.random.default_rng(0)
@@ -332,10 +347,12 @@ def kernel_table(samples: int = 64, out: Path | None = None) -> list[dict]:
                  for t in qat.inputs] if len(qat.inputs) > 1 else [0]
         dequantized = [[(x[i].astype(np.float32) - ref_runner.input_details[i]["quantization"][1])
                         * ref_runner.input_details[i]["quantization"][0] for i in order] for x in xs]
-        keras_levels = np.stack([np.round(np.asarray(qat(x if len(x) > 1 else x[0], training=False)) / scale) + zero
-                                 for x in dequantized]).astype(np.int64).reshape(outputs["reference"].shape)
+        keras_levels = _levels(qat, dequantized, scale, zero, outputs["reference"].shape)
+        with kernel_arithmetic("xnnpack"):
+            keras_xnnpack = _levels(qat, dequantized, scale, zero, outputs["reference"].shape)
         reference = outputs["reference"]
-        row = {"op": name, "values": int(reference.size), "qat_vs_reference": float((keras_levels != reference).mean())}
+        row = {"op": name, "values": int(reference.size), "qat_vs_reference": float((keras_levels != reference).mean()),
+               "qat_xnnpack_vs_xnnpack": float((keras_xnnpack != outputs["xnnpack"]).mean())}
         for label in ("tflm", "builtin", "xnnpack"):
             diff = np.abs(outputs[label] - reference)
             row[f"{label}_differs"] = float((diff > 0).mean())
@@ -344,7 +361,8 @@ def kernel_table(samples: int = 64, out: Path | None = None) -> list[dict]:
         if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             row.update(_requantization_check(ref_runner.model, np.concatenate([x[0] for x in xs]), outputs))
         rows.append(row)
-        print(f"{name:24s} QAT != ref {row['qat_vs_reference']:7.3%} | TFLM {row['tflm_differs']:7.3%} | builtin "
+        print(f"{name:24s} QAT != ref {row['qat_vs_reference']:7.3%} | QAT(xnnpack) != XNNPACK "
+              f"{row['qat_xnnpack_vs_xnnpack']:7.3%} | TFLM {row['tflm_differs']:7.3%} | builtin "
               f"{row['builtin_differs']:7.3%} (max {row['builtin_max_lsb']}) | XNNPACK {row['xnnpack_differs']:7.3%} "
               f"(max {row['xnnpack_max_lsb']}, delegated: {row['xnnpack_delegated']})", flush=True)
     return rows
@@ -352,7 +370,8 @@ def kernel_table(samples: int = 64, out: Path | None = None) -> list[dict]:
 
 RECORD_NETS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "resnet8", "ds_cnn")
 KERNELS = (("LiteRT reference kernels", "litert_ref"), ("TFLM", "tflm"), ("LiteRT builtin kernels", "litert_builtin"),
-           ("LiteRT XNNPACK (default)", "litert"))
+           ("LiteRT XNNPACK (default)", "litert"),
+           ("LiteRT XNNPACK, QAT model in kernel_arithmetic('xnnpack')", "xnnpack_arith"))
 
 
 def record(nets: list[str], samples: int, steps: int, out: Path) -> None:

@@ -21,6 +21,7 @@ from tfcompress.qat import (
     fake_quant_per_channel,
     quantize,
 )
+from tfcompress.quantization import kernel_arithmetic
 
 
 def lenet_bn(seed=0):
@@ -95,12 +96,16 @@ def tflm_predict(path, x, arena_size=400_000):
 
 
 def lsb_agreement(qat, path, x):
-    """Fraction of output elements within 1 LSB on LiteRT and on TFLM, and the max LSB."""
+    """Fraction of output elements within 1 LSB on LiteRT (its default XNNPACK delegate, against the
+    QAT model in XNNPACK's arithmetic) and on TFLM (against the default, reference arithmetic), and
+    the max LSB."""
     parsed = load_tflite(path)
     scale = parsed.outputs[0].quantization.scales[0]
     keras_out = qat.predict(x, verbose=0)
+    with kernel_arithmetic("xnnpack", qat):
+        keras_xnnpack = qat.predict(x, verbose=0)
     litert = ModelRunner(path).predict(x)
-    lite_lsb = np.abs(litert - keras_out) / scale
+    lite_lsb = np.abs(litert - keras_xnnpack) / scale
     micro_lsb = np.abs(tflm_predict(path, x, arena_size=200_000) - keras_out) / scale
     return (lite_lsb <= 1.001).mean(), (micro_lsb <= 1.001).mean(), float(max(lite_lsb.max(), micro_lsb.max()))
 
@@ -357,13 +362,18 @@ def test_pruning_preserving_qat_keeps_exactly_the_pruned_zeros(data, tmp_path):
 
 
 def exact_agreement(qat, path, x, arena_size=400_000):
-    """Fraction of output levels equal to the QAT model's on LiteRT's reference kernels and on TFLM."""
+    """Fraction of output levels equal to the QAT model's on LiteRT's reference kernels, on TFLM,
+    and on LiteRT's XNNPACK delegate (the QAT model then in XNNPACK's arithmetic)."""
     parsed = load_tflite(path)
     scale = parsed.outputs[0].quantization.scales[0]
     keras_out = qat.predict(x, verbose=0)
+    with kernel_arithmetic("xnnpack", qat):
+        keras_xnnpack = qat.predict(x, verbose=0)
     ref = ModelRunner(path, reference_kernels=True).predict(x)
     micro = tflm_predict(path, x, arena_size)
-    return (np.abs(ref - keras_out) / scale < 0.5).mean(), (np.abs(micro - keras_out) / scale < 0.5).mean()
+    xnnpack = ModelRunner(path).predict(x)
+    return ((np.abs(ref - keras_out) / scale < 0.5).mean(), (np.abs(micro - keras_out) / scale < 0.5).mean(),
+            (np.abs(xnnpack - keras_xnnpack) / scale < 0.5).mean())
 
 
 def random_qat(model, shape, seed=0, steps=4):
@@ -401,12 +411,8 @@ def test_conv_blocks_round_as_the_int8_kernels(tmp_path):
     qat, x = random_qat(deep_separable(), (16, 16, 3))
     path = tmp_path / "separable.tflite"
     to_tflite(qat, path, "int8")
-    ref, micro = exact_agreement(qat, path, x)
-    assert ref == 1.0 and micro == 1.0, (ref, micro)
-    # LiteRT's default XNNPACK kernels requantize in float32 with one rounding, not the reference
-    # kernels' double rounding, so a deep random net can differ there (see benchmarks/qat_diff.py)
-    _, micro, _ = lsb_agreement(qat, path, x)
-    assert micro >= 0.99, micro
+    ref, micro, xnnpack = exact_agreement(qat, path, x)
+    assert ref == 1.0 and micro == 1.0 and xnnpack == 1.0, (ref, micro, xnnpack)
 
 
 def test_average_pool_rounds_on_its_input_grid_then_requantizes(tmp_path):
@@ -424,13 +430,10 @@ def test_average_pool_rounds_on_its_input_grid_then_requantizes(tmp_path):
     path = tmp_path / "pool.tflite"
     to_tflite(qat, path, "int8")
     assert load_tflite(path).op_counts().get("QUANTIZE", 0) >= 1  # the requantization this simulates
-    ref, micro = exact_agreement(qat, path, x)
-    # TFLM exactly; LiteRT's QUANTIZE (int8 -> int8) rounds some ties differently from TFLM's
-    assert micro == 1.0 and ref >= 0.99, (ref, micro)
-    # LiteRT's default XNNPACK kernels requantize in float32 with one rounding, not the reference
-    # kernels' double rounding, so a deep random net can differ there (see benchmarks/qat_diff.py)
-    _, micro, _ = lsb_agreement(qat, path, x)
-    assert micro >= 0.99, micro
+    ref, micro, xnnpack = exact_agreement(qat, path, x)
+    # TFLM exactly; LiteRT's QUANTIZE (int8 -> int8) rounds some ties differently from TFLM's;
+    # XNNPACK's QUANTIZE has an 8-bit multiplier, which kernel_arithmetic("xnnpack") computes
+    assert micro == 1.0 and ref >= 0.99 and xnnpack == 1.0, (ref, micro, xnnpack)
 
 
 def test_weight_levels_are_the_converters():
@@ -496,8 +499,8 @@ def test_add_then_relu_rounds_once_as_the_fused_int8_add(tmp_path):
     # the int8 ADD rescales its inputs in 2^-20 fixed point: a rare flip, so within 1 LSB
     lite, micro, worst = lsb_agreement(qat, path, x)
     assert lite >= 0.99 and micro >= 0.99, (lite, micro, worst)
-    ref, micro = exact_agreement(qat, path, x)
-    assert micro >= 0.99, (ref, micro)
+    ref, micro, xnnpack = exact_agreement(qat, path, x)
+    assert micro >= 0.99 and xnnpack >= 0.99, (ref, micro, xnnpack)
 
 
 def mobilenet_v3_block(seed=0):
@@ -554,8 +557,11 @@ def test_mobilenet_v3_and_efficientnet_ops_are_the_int8_kernels(build, tmp_path)
     scale = parsed.outputs[0].quantization.scales[0]
     keras_out = np.asarray(qat(x, training=False))  # eager: no tracing of the large integer graph
     ref = ModelRunner(path, reference_kernels=True).predict(x)
-    for label, out in (("LiteRT reference", ref), ("TFLM", tflm_predict(path, x))):
-        exact = (np.abs(out.reshape(keras_out.shape) - keras_out) / scale < 0.5).mean()
+    with kernel_arithmetic("xnnpack"):
+        keras_xnnpack = np.asarray(qat(x, training=False))
+    for label, out, expected in (("LiteRT reference", ref, keras_out), ("TFLM", tflm_predict(path, x), keras_out),
+                                 ("LiteRT XNNPACK", ModelRunner(path).predict(x), keras_xnnpack)):
+        exact = (np.abs(out.reshape(expected.shape) - expected) / scale < 0.5).mean()
         assert exact == 1.0, (label, exact)
     # the operands are part of the saved graph: a reloaded model computes the kernels too
     qat.save(tmp_path / "block.keras")

@@ -63,6 +63,66 @@ def export_mode(model: keras.Model | None = None) -> Iterator[None]:
         _EXPORT.reset(token)
 
 
+# which int8 kernels the QAT forward pass computes, bit for bit: "reference" (LiteRT's reference
+# kernels, which TFLite Micro runs) or "xnnpack" (LiteRT's default XNNPACK delegate on x86-64)
+_ARITHMETIC: contextvars.ContextVar[str] = contextvars.ContextVar("tfcompress_kernel_arithmetic",
+                                                                  default="reference")
+KERNEL_ARITHMETICS = ("reference", "xnnpack")
+
+
+@contextlib.contextmanager
+def kernel_arithmetic(kernels: str, model: keras.Model | None = None) -> Iterator[None]:
+    """Inside the block, QAT models compute as the int8 ``kernels`` of the exported file will.
+
+    A QAT model (`tfcompress.quantize`) equals its int8 file within 1 LSB only for the kernels
+    whose arithmetic it reproduces; the interpreters round differently near a rounding boundary
+    (`tfcompress.layers.xnnpack_kernels`). ``"reference"``, the default outside any block, is
+    LiteRT's reference kernels and TFLite Micro; ``"xnnpack"`` is LiteRT's default XNNPACK
+    delegate on x86-64 (``ModelRunner(path)``). Only the forward values change, not training or
+    export; the choice is read when the model is traced, so call the model inside the block, or
+    pass ``model``: its compiled predict / evaluate functions are rebuilt on entry and on exit.
+
+    Example:
+        >>> import numpy as np, tfcompress
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> qat = tfcompress.quantize(model)
+        >>> _ = qat(np.random.default_rng(0).normal(size=(16, 8)).astype("float32"), training=True)
+        >>> with kernel_arithmetic("xnnpack", qat):
+        ...     on_xnnpack = qat.predict(np.ones((1, 8), "float32"), verbose=0)
+        >>> on_xnnpack.shape, current_kernel_arithmetic()
+        ((1, 4), 'reference')
+    """
+    if kernels not in KERNEL_ARITHMETICS:
+        raise TfcompressError(f"unknown kernels {kernels!r}", "kernel_arithmetic",
+                              f"use one of {', '.join(KERNEL_ARITHMETICS)}")
+
+    def forget_traces():
+        if model is not None:
+            for name in ("predict_function", "test_function"):
+                if getattr(model, name, None) is not None:
+                    setattr(model, name, None)
+
+    token = _ARITHMETIC.set(kernels)
+    forget_traces()
+    try:
+        yield
+    finally:
+        _ARITHMETIC.reset(token)
+        forget_traces()
+
+
+def current_kernel_arithmetic() -> str:
+    """The int8 kernels QAT models compute as here (see `kernel_arithmetic`).
+
+    Example:
+        >>> with kernel_arithmetic("xnnpack"):
+        ...     inside = current_kernel_arithmetic()
+        >>> inside, current_kernel_arithmetic()
+        ('xnnpack', 'reference')
+    """
+    return _ARITHMETIC.get()
+
+
 def exporting() -> bool:
     """True inside `export_mode` (in this thread or task).
 
@@ -301,6 +361,11 @@ class ActivationQuantizer(keras.layers.Layer):
         mean = tf.sign(total) * tf.floor((tf.abs(total) + count // 2) / count)  # C division truncates
         acc = tf.clip_by_value(mean, -128.0, 127.0) - in_zero
         out_scale = tf.cast(tf.cast(scale64, tf.float32), f64)
+        if current_kernel_arithmetic() == "xnnpack":  # AVERAGE_POOL_2D stays on the builtin kernel
+            from tfcompress.layers import xnnpack_kernels
+
+            return tf.cast(xnnpack_kernels.quantize(tf.cast(acc, tf.int64), 0, in_scale, out_scale,
+                                                    tf.cast(zero64, tf.int64)), f64)
         return tf.clip_by_value(_requantize_levels(acc, in_scale / out_scale) + zero64, -128.0, 127.0)
 
     def file_zero_point(self):
@@ -576,7 +641,12 @@ class IntegerOp:
         import tensorflow as tf
 
         from tfcompress.layers import int8_kernels as k
+        from tfcompress.layers import xnnpack_kernels as xnn
 
+        # XNNPACK runs ADD, MUL (swish's too) and MEAN its own way; its int8 LOGISTIC table equals the
+        # reference one, and HARD_SWISH and SOFTMAX stay on the builtin kernels, which equal the
+        # reference ones (benchmarks/qat_diff.py --kernels)
+        xnnpack = current_kernel_arithmetic() == "xnnpack"
         f64 = tf.float64
         q, s, z = [], [], []
         values = iter(keras.tree.flatten(operands))
@@ -602,12 +672,12 @@ class IntegerOp:
             out = k.lookup(k.logistic_table(s[0], z[0]), q[0])
         elif kind == "swish":  # LOGISTIC (scale 1/256, zero point -128), then MUL by the input
             sigmoid = k.lookup(k.logistic_table(s[0], z[0]), q[0])
-            out = k.mul(q[0], z[0], s[0], sigmoid, -128, tf.constant(1 / 256, f64), scale, zero_i)
+            out = (xnn if xnnpack else k).mul(q[0], z[0], s[0], sigmoid, -128, tf.constant(1 / 256, f64), scale, zero_i)
         elif kind == "softmax":
             out = k.softmax(q[0], s[0])
         elif kind == "mean":
             total = tf.reduce_sum(q[0], axis=self.axes, keepdims=True)
-            out = k.mean(total, self.count, z[0], s[0], scale, zero_i)
+            out = (xnn if xnnpack else k).mean(total, self.count, z[0], s[0], scale, zero_i)
         else:
             low, high = tf.constant(-128, tf.int64), tf.constant(127, tf.int64)
             if self.activation is not None:  # CalculateActivationRangeQuantized
@@ -615,7 +685,8 @@ class IntegerOp:
             if self.activation == "relu6":
                 six = tf.constant(6.0, tf.float32) / tf.cast(scale, tf.float32)
                 high = tf.minimum(high, zero_i + tf.cast(tf.sign(six) * tf.floor(tf.abs(six) + 0.5), tf.int64))
-            fn = k.add if kind == "add" else k.mul
+            kernels = xnn if xnnpack else k
+            fn = kernels.add if kind == "add" else kernels.mul
             out = fn(q[0], z[0], s[0], q[1], z[1], s[1], scale, zero_i, low, high)
         return tf.cast(out, f64)
 
@@ -735,8 +806,14 @@ class QuantizedLayer(keras.layers.Wrapper):
         # float32 ones the file stores
         ratio = tf.cast(tf.stop_gradient(bias), f64) / (source.file_scale(stored=False) * weight_scale)
         acc = acc + tf.sign(ratio) * tf.floor(tf.abs(ratio) + 0.5)
-        multiplier = input_scale * tf.cast(tf.cast(weight_scale, tf.float32), f64) / output_scale
-        rounded = _requantize_levels(acc, multiplier)
+        stored_weight_scale = tf.cast(tf.cast(weight_scale, tf.float32), f64)
+        if current_kernel_arithmetic() == "xnnpack":
+            from tfcompress.layers import xnnpack_kernels
+
+            rounded = tf.cast(xnnpack_kernels.requantize(tf.cast(acc, tf.int64), input_scale, stored_weight_scale,
+                                                         output_scale), f64)
+        else:
+            rounded = _requantize_levels(acc, input_scale * stored_weight_scale / output_scale)
         return tf.cast(rounded * output_scale, inputs.dtype)
 
     def _depthwise_flat(self, kernel):

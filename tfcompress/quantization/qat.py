@@ -30,9 +30,13 @@ operands' int8 levels as their kernels compute them (`tfcompress.layers.int8_ker
 its fused ReLU, MUL, MEAN, HARD_SWISH, LOGISTIC, swish as LOGISTIC then MUL, SOFTMAX); a mean over
 one position has no quantizer (the converter drops it). The float path gives the gradient
 (straight-through). Deep random-weight networks (MobileNetV1 / V2 / V3Small, EfficientNetB0,
-ResNet8, DS-CNN) then export bit-exact on TFLM and LiteRT's reference kernels. LiteRT's builtin
-kernels and its default XNNPACK delegate compute some ops differently (XNNPACK's convolutions
-requantize once in float32), so no QAT model can be exact on them too (``benchmarks/qat_diff.py``,
+ResNet8, DS-CNN) then export bit-exact on TFLM and LiteRT's reference kernels. LiteRT's default
+XNNPACK delegate rounds some ops differently (its convolutions, MUL and MEAN requantize once in
+float32, its ADD and int8 QUANTIZE use their own fixed-point multipliers): one value per output
+can equal only one of the two, so the QAT model computes XNNPACK's arithmetic instead inside
+``tfcompress.quantization.kernel_arithmetic("xnnpack")`` (`tfcompress.layers.xnnpack_kernels`,
+x86-64), and is then bit-exact with the file on XNNPACK too. LiteRT's builtin (optimized) kernels
+(``delegate="none"``) are a third arithmetic, not reproduced (``benchmarks/qat_diff.py``,
 RESULTS.md).
 
 Ranges TFLite requires to be equal are shared: int8 CONCATENATION, MAXIMUM and MINIMUM need
