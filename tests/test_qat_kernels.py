@@ -22,7 +22,7 @@ from test_qat import tflm_predict
 import tfcompress
 from tfcompress.errors import TfcompressError
 from tfcompress.export import load_tflite, to_tflite
-from tfcompress.export.runtime import ModelRunner
+from tfcompress.export.runtime import ModelRunner, agreement
 from tfcompress.layers import xnnpack_kernels
 from tfcompress.quantization import current_kernel_arithmetic, kernel_arithmetic
 
@@ -200,3 +200,6 @@ def test_predict_is_retraced_inside_the_block_for_the_model_given(tmp_path):
     to_tflite(qat, tmp_path / "m.tflite", "int8")
     np.testing.assert_array_equal(ModelRunner(tmp_path / "m.tflite").predict(x), predicted)
     assert tf.executing_eagerly()
+    # agreement runs the QAT model in the arithmetic of the kernels it runs the file on
+    for kwargs in ({}, {"reference_kernels": True}):
+        assert agreement(qat, tmp_path / "m.tflite", x, **kwargs).max_error_lsb == 0.0, kwargs

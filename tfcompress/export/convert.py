@@ -352,7 +352,9 @@ def to_tflite(
         return report
     if quantization in INTEGER_MODES:
         if representative_data is None and uses_fake_quant(model):
-            notes.append("ranges taken from quantization-aware training (no calibration)")
+            notes.append("ranges taken from quantization-aware training (no calibration); the file equals the "
+                         "QAT model on TFLM and LiteRT's reference kernels, and on XNNPACK with the model inside "
+                         "tfcompress.quantization.kernel_arithmetic('xnnpack')")
         else:
             samples = representative_samples(representative_data, model, calibration_samples)
 

@@ -361,7 +361,10 @@ def agreement(model, path: str | os.PathLike | bytes, x: np.ndarray, *, isolate:
               **runner_kwargs) -> Agreement:
     """Top-1 agreement and output error of the `.tflite` file against the Keras model on ``x``.
 
-    With ``isolate=True`` the interpreter (not Keras) runs in a child process.
+    With ``isolate=True`` the interpreter (not Keras) runs in a child process. A QAT model
+    (`tfcompress.quantize`) is run in the arithmetic of the kernels the file runs on
+    (`tfcompress.quantization.kernel_arithmetic`): XNNPACK's for the default delegate, the
+    reference kernels' otherwise, so its int8 file agrees to the LSB on either.
 
     Example:
         >>> import keras
@@ -381,7 +384,11 @@ def agreement(model, path: str | os.PathLike | bytes, x: np.ndarray, *, isolate:
         where = (path.path if isinstance(path, TFLiteModel) else None if isinstance(path, bytes) else str(path))
         where = where or "<bytes>"
         outputs, scale = tflite_outputs(path, x, **runner_kwargs)
-    reference = np.asarray(model.predict(x, verbose=0, batch_size=256))
+    from tfcompress.layers.fake_quant import kernel_arithmetic
+
+    on_xnnpack = not runner_kwargs.get("reference_kernels") and runner_kwargs.get("delegate", "xnnpack") == "xnnpack"
+    with kernel_arithmetic("xnnpack" if on_xnnpack else "reference", model):
+        reference = np.asarray(model.predict(x, verbose=0, batch_size=256))
     if reference.shape != outputs.shape:
         raise TfcompressError(
             f"Keras output shape {reference.shape} differs from the TFLite output shape {outputs.shape}",
