@@ -308,8 +308,8 @@ def qat_exactness_figure(payload: Payload, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, payload["name"])
 
 
-_KERNEL_NAMES = {"qat_vs_reference": "QAT model", "tflm_differs": "TFLM", "builtin_differs": "LiteRT builtin",
-                 "xnnpack_differs": "LiteRT XNNPACK"}
+_KERNEL_NAMES = {"qat_vs_reference": "QAT model", "qat_xnnpack_vs_xnnpack": "QAT model (xnnpack arithmetic) vs XNNPACK",
+                 "tflm_differs": "TFLM", "builtin_differs": "LiteRT builtin", "xnnpack_differs": "LiteRT XNNPACK"}
 
 
 def qat_kernels_figure(payload: Payload, out_dir: Path) -> list[Path]:

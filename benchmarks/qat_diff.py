@@ -400,15 +400,17 @@ def record(nets: list[str], samples: int, steps: int, out: Path) -> None:
         f"the same {samples} inputs, in LSB of the output scale. MobileNetV1-0.25 at 96x96x3, keras.applications "
         "nets at 32x32x3 with 10 classes and their own heads (MobileNetV2 alpha 0.35), ResNet-8 and DS-CNN at "
         "their reference inputs.",
-        "The QAT forward pass computes every int8 kernel as the reference kernels do (tfcompress/layers/"
+        "By default the QAT forward pass computes every int8 kernel as the reference kernels do (tfcompress/layers/"
         "int8_kernels.py): CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED, ADD, MUL, MEAN, AVERAGE_POOL_2D, "
-        "HARD_SWISH, LOGISTIC, SOFTMAX. TFLM runs those reference kernels; LiteRT's builtin (optimized) kernels "
-        "and XNNPACK compute some ops differently (the kernel table below), so 'exact' is a claim about the "
-        "first two columns only.",
+        "HARD_SWISH, LOGISTIC, SOFTMAX; TFLM runs those reference kernels. LiteRT's builtin (optimized) kernels "
+        "and XNNPACK compute some ops differently (the kernel table below). Inside "
+        "tfcompress.quantization.kernel_arithmetic('xnnpack') the QAT model computes XNNPACK's x86-64 arithmetic "
+        "instead (tfcompress/layers/xnnpack_kernels.py): the last column group. 'Exact' is claimed for LiteRT's "
+        "reference kernels, TFLM and XNNPACK in its arithmetic; the builtin kernels are not reproduced.",
     ]
     harness.record("12_qat_exactness", "QAT: the QAT model against its int8 file, by kernel", columns, rows, notes)
     kernels = kernel_table(samples, out)
-    kernel_columns = ["op", "values", "qat_vs_reference", "tflm_differs", "builtin_differs", "builtin_max_lsb",
+    kernel_columns = ["op", "values", "qat_vs_reference", "qat_xnnpack_vs_xnnpack", "tflm_differs", "builtin_differs", "builtin_max_lsb",
                       "xnnpack_differs", "xnnpack_max_lsb", "xnnpack_delegated", "xnnpack_equals_fp32_single_rounding",
                       "reference_equals_fixed_point", "disagreements_max_distance_to_half_lsb"]
     harness.record("12b_qat_kernels", "QAT: one int8 op per file, where each kernel differs from the reference",
@@ -416,15 +418,16 @@ def record(nets: list[str], samples: int, steps: int, out: Path) -> None:
                        f"One quantize()d op per file (ranges from 4 training-mode batches), {samples} random int8 "
                        "inputs (every level equally likely); the fraction of int8 outputs that differ from LiteRT's "
                        "reference kernels, and the largest difference in LSB. qat_vs_reference: the QAT model "
-                       "(dequantized inputs in, levels out). xnnpack_delegated: XNNPACK took the op (else it ran "
-                       "on the builtin kernels).",
+                       "(dequantized inputs in, levels out); qat_xnnpack_vs_xnnpack: the QAT model inside "
+                       "kernel_arithmetic('xnnpack') against XNNPACK. xnnpack_delegated: XNNPACK took the op (else "
+                       "it ran on the builtin kernels).",
                        "XNNPACK's CONV_2D / DEPTHWISE_CONV_2D requantize once in float32, lrintf(acc * float32(s_in "
                        "s_w / s_out)) + zero point (equal to XNNPACK on 100% of the outputs checked); the reference "
                        "kernels round twice in fixed point (SaturatingRoundingDoublingHighMul, then "
                        "RoundingDivideByPOT by 2^r); they disagree only where acc * M is within 2^-r of a half "
                        "integer (the last three columns; benchmarks/NOTES.md, 'QAT on MobileNetV3 and "
-                       "EfficientNet'). A QAT model has one value per output, so it can equal at most one of the "
-                       "two kernels there.",
+                       "EfficientNet'). A QAT model has one value per output, so it equals one of the two kernels "
+                       "there: the reference by default, XNNPACK inside kernel_arithmetic('xnnpack').",
                    ])
 
 
