@@ -124,3 +124,38 @@ def test_machine_info_names_the_widest_vector_extension():
         flags = None
     if flags is not None:  # Linux: what the kernel reports, read independently
         assert info["simd"] == widest_simd(flags.split(":", 1)[1].split())
+
+
+# (input size, kernel, stride, depthwise): whether its SAME padding total is negative
+_STRIDED = [((8, 3, 4, False), True), ((9, 3, 5, False), True), ((8, 3, 8, True), True), ((8, 2, 4, False), True),
+            ((10, 3, 4, False), False), ((8, 1, 2, False), False), ((8, 2, 3, False), False)]
+
+
+@pytest.mark.parametrize("shape, negative", _STRIDED)
+def test_xnnpack_negative_same_padding_is_found_and_warned_about_where_litert_gets_it_wrong(shape, negative, tmp_path):
+    import warnings
+
+    import keras
+
+    from tfcompress.export import load_tflite, to_tflite
+    from tfcompress.export.runtime import _litert_version, xnnpack_negative_same_padding
+
+    size, k, stride, depthwise = shape
+    keras.utils.set_random_seed(0)
+    layer = (keras.layers.DepthwiseConv2D(k, strides=stride, padding="same") if depthwise
+             else keras.layers.Conv2D(12, k, strides=stride, padding="same"))
+    model = keras.Sequential([keras.Input((size, size, 8)), layer])
+    x = np.random.default_rng(0).uniform(-1, 2, (8, size, size, 8)).astype("float32")
+    path = tmp_path / "strided.tflite"
+    to_tflite(model, path, quantization=None)
+    assert xnnpack_negative_same_padding(load_tflite(path)) == ([f"{'DEPTHWISE_' if depthwise else ''}CONV_2D#0"]
+                                                                 if negative else [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner = ModelRunner(path)
+    warned = [w for w in caught if "computes" in str(w.message)]
+    old = _litert_version(runner.info.version) < (2, 3)
+    assert bool(warned) == (old and negative), [str(w.message) for w in caught]
+    # the predicate is the bug: XNNPACK is off exactly where it says so, on the affected versions
+    error = np.abs(runner.predict(x) - model.predict(x, verbose=0)).max()
+    assert (error > 0.1) == (old and negative), error

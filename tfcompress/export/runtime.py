@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -56,6 +57,52 @@ def _interpreter_module(runtime: str):
         "runtime",
         "pip install ai-edge-litert (or tflite-runtime on a device that ships it)",
     )
+
+
+def xnnpack_negative_same_padding(model: TFLiteModel) -> list[str]:
+    """The convolutions ai-edge-litert < 2.3's XNNPACK computes wrongly, as ``"NAME#index"``.
+
+    A SAME convolution whose stride exceeds what its input needs has a negative total padding,
+    ``(out - 1) stride + (k - 1) dilation + 1 - in < 0`` (e.g. a 3x3 kernel with stride 4 on an
+    8x8 map); TFLite clamps it to zero. The XNNPACK of ai-edge-litert 2.1 does not, in float and
+    int8 alike: such an op's outputs were 130-160 LSB off the reference kernels (stride 4, 5 and 8,
+    conv and depthwise), while 1x1 kernels and non-negative paddings were right; 2.3 is right on all
+    of them (``tests/test_runtime.py``). `ModelRunner` warns about them on the affected versions.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfcompress.export import load_tflite, to_tflite
+        >>> model = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.Conv2D(6, 3, strides=4, padding="same")])
+        >>> _ = to_tflite(model, "strided.tflite", quantization=None)
+        >>> xnnpack_negative_same_padding(load_tflite("strided.tflite"))
+        ['CONV_2D#0']
+    """
+    from tfcompress.export.verify import enum_names
+
+    found = []
+    for op in model.ops:
+        if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D") or op.options is None \
+                or enum_names("Padding").get(int(op.options.padding)) != "SAME":
+            continue
+        source, kernel = (model.tensor(i, op.subgraph) for i in op.inputs[:2])
+        target = model.tensor(op.outputs[0], op.subgraph)
+        if len(source.shape) != 4 or len(kernel.shape) != 4 or len(target.shape) != 4:
+            continue
+        axes = ((1, op.options.strideH, op.options.dilationHFactor), (2, op.options.strideW, op.options.dilationWFactor))
+        for axis, stride, dilation in axes:
+            k = kernel.shape[axis]
+            total = (target.shape[axis] - 1) * stride + (k - 1) * dilation + 1 - source.shape[axis]
+            if k > 1 and total < 0:
+                found.append(f"{op.name}#{op.index}")
+                break
+    return found
+
+
+def _litert_version(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return (0,)
 
 
 def _load_delegate(module, delegate: str):
@@ -175,6 +222,14 @@ class ModelRunner:
         else:
             ran = f"{delegate} ({partitions} partition(s))"
         self.info = RuntimeInfo(name, version, ran, num_threads)
+        if name == "litert" and delegate == "xnnpack" and not reference_kernels and partitions \
+                and _litert_version(version) < (2, 3):
+            wrong = xnnpack_negative_same_padding(self.model)
+            if wrong:
+                warnings.warn(
+                    f"{where}: ai-edge-litert {version}'s XNNPACK computes {', '.join(wrong)} wrongly (SAME padding "
+                    "with a stride larger than the input needs); pip install 'ai-edge-litert>=2.3', or run with "
+                    "delegate='none'", RuntimeWarning, stacklevel=2)
         self.input_details = self.interpreter.get_input_details()
         self.output_details = self.interpreter.get_output_details()
 
