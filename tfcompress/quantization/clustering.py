@@ -274,9 +274,9 @@ class DeepCompressionSize:
         >>> size = deep_compression_size(strip_clustering(cluster(model, n_clusters=4)))
         >>> size.float32_bytes, size.total_bytes, round(size.compression_ratio, 2)
         (144, 40, 3.6)
-        >>> print(size)
+        >>> print(size)   # idx bits: the Huffman-coded indices, 62-64 with the random weights' clusters
         layer                           params   nonzero clusters layout  pos bits  idx bits codebook  other B     bytes
-        fc                                  32        32        4  dense         0        64       16       16        40
+        fc                                  32        32        4  dense         0       ...       16       16        40
         total                                                                                                       40
         Deep Compression estimate 40 bytes; float32 144 bytes (3.6x)
     """
