@@ -90,8 +90,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     (x, y), (xt, yt) = fashion_mnist()
-    x = (x.astype("float32") / 255.0)[..., None]
-    xt = (xt.astype("float32") / 255.0)[..., None]
+    x, xt = (a.reshape(-1, 28, 28, 1).astype("float32") for a in (x, xt))
+    if x.max() > 1.5:  # raw pixels
+        x, xt = x / 255.0, xt / 255.0
     started = time.time()
     teacher = None
     row = {"arch": args.arch, "epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
