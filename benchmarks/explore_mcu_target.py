@@ -40,12 +40,21 @@ def block(h, filters, kernel, pool=True, padding="same"):
     return L.MaxPooling2D()(h) if pool else h
 
 
+def _separable(h, filters, stride):
+    h = L.ReLU()(L.BatchNormalization()(L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(h)))
+    return L.ReLU()(L.BatchNormalization()(L.Conv2D(filters, 1, use_bias=False)(h)))
+
+
 ARCHS = {
     # 5x5 stem on 28x28 valid (24x24x8 = 4,608 B), then two 3x3 blocks, flatten 3x3xC, one Dense
     "c8_24_32": lambda h: L.Dense(10)(L.Flatten()(block(block(block(h, 8, 5, padding="valid"), 24, 3), 32, 3))),
     "c8_20_40": lambda h: L.Dense(10)(L.Flatten()(block(block(block(h, 8, 5, padding="valid"), 20, 3), 40, 3))),
     "c8_16_32_gap64": lambda h: L.Dense(10)(L.GlobalAveragePooling2D()(
         block(block(block(block(h, 8, 5, padding="valid"), 16, 3), 32, 3), 64, 3, pool=False))),
+    # stride-2 stem (14x14x16 = 3,136 B), depthwise-separable blocks, global pooling: a smaller arena
+    "s2_mobile": lambda h: L.Dense(10)(L.GlobalAveragePooling2D()(_separable(_separable(_separable(
+        L.ReLU()(L.BatchNormalization()(L.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(h))),
+        32, 2), 64, 1), 96, 2))),
     "teacher": lambda h: L.Dense(10)(L.Dropout(0.3)(L.Flatten()(block(block(block(h, 32, 5, padding="valid"), 64, 3),
                                                                     128, 3)))),
 }
