@@ -208,11 +208,12 @@ def output_agreement(qat, path: Path, x: np.ndarray, tflm: bool = True, arena: i
     parsed = load_tflite(path)
     scale = parsed.outputs[0].quantization.scales[0]
     keras_out = qat.predict(x, verbose=0)
-    result = {}
+    result, on = {}, {}
     # LiteRT as lsb_agreement runs it (XNNPACK), its builtin kernels, its reference kernels
     for label, kwargs in (("litert", {}), ("litert_builtin", {"delegate": "none"}),
                           ("litert_ref", {"reference_kernels": True})):
-        lsb = np.abs(ModelRunner(path, **kwargs).predict(x) - keras_out) / scale
+        on[label] = ModelRunner(path, **kwargs).predict(x)
+        lsb = np.abs(on[label] - keras_out) / scale
         result.update({f"{label}_within_1lsb": float((lsb <= 1.001).mean()), f"{label}_exact": float((lsb < 0.5).mean()),
                        f"{label}_max_lsb": float(lsb.max())})
     # XNNPACK against the QAT model computing XNNPACK's own int8 arithmetic (x86-64)
@@ -220,7 +221,7 @@ def output_agreement(qat, path: Path, x: np.ndarray, tflm: bool = True, arena: i
 
     with kernel_arithmetic("xnnpack", qat):
         emulated = qat.predict(x, verbose=0)
-    lsb = np.abs(ModelRunner(path).predict(x) - emulated) / scale
+    lsb = np.abs(on["litert"] - emulated) / scale
     result.update({"xnnpack_arith_within_1lsb": float((lsb <= 1.001).mean()),
                    "xnnpack_arith_exact": float((lsb < 0.5).mean()), "xnnpack_arith_max_lsb": float(lsb.max())})
     if tflm:

@@ -12,7 +12,7 @@ from layer_harness import assert_keras_roundtrip
 from tfcompress.errors import TfcompressError
 from tfcompress.export.convert import to_tflite
 from tfcompress.export.micro import make_tflm_interpreter
-from tfcompress.export.runtime import ModelRunner, evaluate
+from tfcompress.export.runtime import ModelRunner, _litert_version, evaluate
 from tfcompress.export.tflite_file import load_tflite
 from tfcompress.qat import (
     ActivationQuantizer,
@@ -503,12 +503,6 @@ def test_add_then_relu_rounds_once_as_the_fused_int8_add(tmp_path):
     assert micro >= 0.99 and xnnpack >= 0.99, (ref, micro, xnnpack)
 
 
-def _litert_version() -> tuple[int, ...]:
-    from importlib.metadata import version
-
-    return tuple(int(part) for part in version("ai-edge-litert").split(".")[:2])
-
-
 def mobilenet_v3_block(seed=0):
     """MobileNetV3's ops: hard swish, squeeze-and-excite with hard sigmoid (ReLU6(x + 3) / 6, a
     Multiply), a residual Add, a pooling to 1x1 that the converter drops, a softmax head."""
@@ -568,8 +562,9 @@ def test_mobilenet_v3_and_efficientnet_ops_are_the_int8_kernels(build, tmp_path)
     checks = [("LiteRT reference", ref, keras_out), ("TFLM", tflm_predict(path, x), keras_out)]
     # ai-edge-litert 2.1's XNNPACK computes a SAME convolution whose stride (8) exceeds its kernel (3)
     # wrongly, 131 LSB off the reference kernels (2.3 fixed it; benchmarks/NOTES.md)
-    if build is efficientnet_block or _litert_version() >= (2, 3):
-        checks.append(("LiteRT XNNPACK", ModelRunner(path).predict(x), keras_xnnpack))
+    xnnpack = ModelRunner(path)
+    if build is efficientnet_block or _litert_version(xnnpack.info.version) >= (2, 3):
+        checks.append(("LiteRT XNNPACK", xnnpack.predict(x), keras_xnnpack))
     for label, out, expected in checks:
         exact = (np.abs(out.reshape(expected.shape) - expected) / scale < 0.5).mean()
         assert exact == 1.0, (label, exact)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_qat import tflm_predict
 
 import tfcompress
 from tfcompress import bayesian
 from tfcompress.batchnorm import recalibrate_batchnorm
 from tfcompress.export import edgetpu_report, to_micro, to_tflite
-from tfcompress.export.micro import make_tflm_interpreter
 from tfcompress.export.runtime import ModelRunner
 from tfcompress.pruning import ConstantSparsity, prune, pruning_summary, strip, update_masks
 from tfcompress.quantization import kernel_arithmetic
@@ -114,15 +114,9 @@ def qat_with_the_nets_own_head(name, tmp_path):
         xnnpack = np.asarray(qat(x[:4], training=False))
     runner = ModelRunner(path)
     scale = runner.output_details[0]["quantization"][0]
-    micro = make_tflm_interpreter(runner.model.data, arena_size=8_000_000)
-    on_micro = []
-    for i in range(4):
-        micro.set_input(runner.quantize_input(x[i : i + 1]), 0)
-        micro.invoke()
-        on_micro.append(runner.dequantize_output(np.array(micro.get_output(0))))
     for kernels, got, expected in (
         ("LiteRT reference", ModelRunner(path, reference_kernels=True).predict(x[:4]), reference),
-        ("TFLM", np.concatenate(on_micro), reference),
+        ("TFLM", tflm_predict(path, x[:4], arena_size=8_000_000), reference),
         ("LiteRT XNNPACK", runner.predict(x[:4]), xnnpack),
     ):
         lsb = np.abs(got.reshape(expected.shape) - expected) / scale
